@@ -1,0 +1,1 @@
+"""trainmap's dashboard (Dash + dash-cytoscape); never imports torch."""

@@ -1,0 +1,59 @@
+"""The ``trainmap`` command line.
+
+Each subcommand lives with the package that owns it; this module only builds the
+parser and dispatches. A subcommand module provides ``add_arguments(parser)``
+and ``main(args) -> int``, and must import cheaply (no torch at import time),
+so ``trainmap --help`` and ``trainmap runs list`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from trainer.errors import UserError
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "train": ("trainer.train_cli", "train a built-in task across seeds into ROOT/EXPERIMENT"),
+    "fit": ("analysis.cli", "fit and select HMMs over an experiment's runs"),
+    "serve": ("app.cli", "serve the dashboard for a root of experiments"),
+    "demo": ("app.demo", "train a quick preset, fit the HMM and serve the dashboard"),
+    "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainmap",
+        description="See how your models learn: track, fit training maps, explore them.",
+    )
+    parser.add_argument("--version", action="version", version="trainmap 0.1.0")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as error:
+        print(f"trainmap {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"trainmap {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

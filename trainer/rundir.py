@@ -1,0 +1,552 @@
+"""The run-directory format: the one module that writes it and reads it.
+
+Layout (see docs/format.md for the full description)::
+
+    ROOT/                       a root holds experiments
+      EXPERIMENT/               an experiment holds runs (one per seed or config)
+        RUN/
+          meta.json             metadata, replaced atomically on every change
+          metrics.jsonl         one JSON object per checkpoint, appended
+          state/                resume state: arrays.npz + state.json (no pickle)
+        .fits/                  analysis results (owned by analysis.store)
+
+Guarantees the rest of trainmap relies on:
+
+* a checkpoint row is written with a single ``write`` on an append-only file
+  descriptor and ends with a newline, so a killed writer leaves at most one
+  half line at the end; readers ignore text after the last newline, so they
+  always see a consistent prefix, even while a run is being written;
+* ``meta.json`` and the resume state are written to a temporary file and
+  renamed, so they are either the old or the new version, never half;
+* nothing here unpickles: metrics are JSON, arrays are ``.npz`` read with
+  ``allow_pickle=False``;
+* names of experiments and runs are checked, and every path is resolved and
+  must stay inside the root, so ``..``, absolute paths and symlinks that lead
+  outside are refused;
+* a reader never raises for bad data in one run when asked about many:
+  ``summarize_run`` reports the run as ``broken`` with the reason.
+
+This module must not import torch: the dashboard and the analysis use it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.jsonl"
+STATE_DIR = "state"
+STATE_ARRAYS = "arrays.npz"
+STATE_INFO = "state.json"
+
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+BROKEN = "broken"
+INDEX_COLUMNS = ("epoch", "step")
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,127}$")
+
+
+class RunDirError(ValueError):
+    """A run directory (or a name or path for one) is not usable; the message says why."""
+
+
+class UnsafePathError(RunDirError):
+    """A name or path would lead outside the root."""
+
+
+# --------------------------------------------------------------------- paths
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a safe single path component, else raise UnsafePathError."""
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name in {".", ".."}:
+        raise UnsafePathError(
+            f"invalid {what} {name!r}: use letters, digits and _ . = + - "
+            "(not starting with '.' or '-', no '/', at most 128 characters)"
+        )
+    return name
+
+
+def resolve_inside(root: str | os.PathLike, *names: str) -> Path:
+    """Join checked ``names`` onto ``root`` and refuse any result outside the root.
+
+    Symlinks are resolved first, so a link inside the root that points elsewhere
+    is refused too.
+    """
+    root_path = Path(root).resolve()
+    path = root_path
+    for name in names:
+        path = path / check_name(name)
+    resolved = path.resolve()
+    if resolved != root_path and root_path not in resolved.parents:
+        raise UnsafePathError(f"{path} resolves to {resolved}, outside the root {root_path}")
+    return resolved
+
+
+def experiment_path(root: str | os.PathLike, experiment: str) -> Path:
+    return resolve_inside(root, experiment)
+
+
+def run_path(root: str | os.PathLike, experiment: str, run: str) -> Path:
+    return resolve_inside(root, experiment, run)
+
+
+# ------------------------------------------------------------ small helpers
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_value(value: Any) -> Any:
+    """Turn a metric value into plain JSON: numbers, strings, bools or null for non-finite."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    number = float(value)  # numpy scalars, 0-d arrays and 0-d tensors all support float()
+    return number if math.isfinite(number) else None
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for package in ("trainmap", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------ writing
+
+
+class RunWriter:
+    """Appends checkpoints to one run directory and keeps its metadata current.
+
+    Create a new run with :meth:`create`, reopen an interrupted one with
+    :meth:`reopen`. Use it as a context manager: leaving the block normally marks
+    the run completed (unless it diverged), an exception marks it failed and
+    Ctrl-C marks it interrupted; every completed checkpoint stays readable.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = meta
+        self._fd = os.open(self.path / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        experiment: str,
+        run: str,
+        *,
+        task: str,
+        seed: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        hook_points: Iterable[str] = (),
+        overwrite: bool = False,
+    ) -> RunWriter:
+        path = run_path(root, experiment, run)
+        if (path / META_FILE).exists() and not overwrite:
+            raise RunDirError(f"run {experiment}/{run} already exists at {path} (use resume)")
+        path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in (METRICS_FILE, META_FILE):
+                (path / name).unlink(missing_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "experiment": experiment,
+            "run": run,
+            "task": task,
+            "seed": seed,
+            "config": json.loads(json.dumps(dict(config or {}), default=str)),
+            "hook_points": list(hook_points),
+            "versions": _versions(),
+            "status": "running",
+            "started_at": _now(),
+            "ended_at": None,
+            "last_checkpoint": None,
+            "diverged_at_epoch": None,
+            "error": None,
+            "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+        }
+        writer = cls(path, meta)
+        writer._save_meta()
+        return writer
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike, *, keep_through_step: int | None = None) -> RunWriter:
+        """Continue writing an existing run (for ``--resume``).
+
+        A half line left by a killed writer is cut off; with ``keep_through_step``,
+        rows after that step (written after the last saved resume state) are
+        dropped so the resumed run does not repeat them.
+        """
+        path = Path(path)
+        meta = read_meta(path)
+        metrics_file = path / METRICS_FILE
+        if metrics_file.exists():
+            data = metrics_file.read_bytes()
+            kept = data[: data.rfind(b"\n") + 1]
+            if keep_through_step is not None:
+                lines = kept.splitlines(keepends=True)
+                kept = b"".join(
+                    line for line in lines if json.loads(line).get("step", 0) <= keep_through_step
+                )
+            if kept != data:
+                _write_atomic(metrics_file, kept)
+        meta.update(
+            status="running",
+            ended_at=None,
+            error=None,
+            writer={"host": socket.gethostname(), "pid": os.getpid()},
+        )
+        writer = cls(path, meta)
+        last = writer._last_row()
+        meta["last_checkpoint"] = (
+            {"epoch": last["epoch"], "step": last["step"]} if last is not None else None
+        )
+        writer._save_meta()
+        return writer
+
+    def _last_row(self) -> dict | None:
+        data = (self.path / METRICS_FILE).read_bytes()
+        lines = data[: data.rfind(b"\n") + 1].splitlines()
+        return json.loads(lines[-1]) if lines else None
+
+    def _save_meta(self) -> None:
+        self.meta["updated_at"] = _now()
+        _write_atomic(self.path / META_FILE, json.dumps(self.meta, indent=2).encode())
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Append one checkpoint: ``epoch`` and ``step`` (ints) plus metric values.
+
+        Non-finite values are stored as null and read back as NaN.
+        """
+        for key in INDEX_COLUMNS:
+            if key not in row:
+                raise RunDirError(f"a checkpoint row needs {key!r}; got columns {sorted(row)}")
+        ordered = {key: int(row[key]) for key in INDEX_COLUMNS}
+        ordered.update((str(k), _json_value(v)) for k, v in row.items() if k not in INDEX_COLUMNS)
+        line = (json.dumps(ordered, allow_nan=False) + "\n").encode()
+        os.write(self._fd, line)  # one write: a reader never sees half of it unless we are killed
+        self.meta["last_checkpoint"] = {"epoch": ordered["epoch"], "step": ordered["step"]}
+        self._save_meta()
+
+    def mark_diverged(self, epoch: int) -> None:
+        if self.meta.get("diverged_at_epoch") is None:
+            self.meta["diverged_at_epoch"] = int(epoch)
+            self._save_meta()
+
+    def finish(self, status: str = "completed", error: str | None = None) -> None:
+        if status not in STATUSES:
+            raise RunDirError(f"unknown status {status!r}; expected one of {STATUSES}")
+        if status == "completed" and self.meta.get("diverged_at_epoch") is not None:
+            status = "diverged"
+        self.meta.update(status=status, ended_at=_now(), error=error)
+        self._save_meta()
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fd is None:
+            return
+        if exc_type is None:
+            self.finish("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted", error="interrupted by the user (Ctrl-C)")
+        else:
+            self.finish("failed", error=f"{exc_type.__name__}: {exc}")
+
+
+# ---------------------------------------------------------- resume state
+
+
+def save_state(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], info: Mapping) -> None:
+    """Save resume state as plain arrays plus JSON, atomically (never pickle)."""
+    state_dir = Path(path) / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    _write_atomic(state_dir / STATE_ARRAYS, buffer.getvalue())
+    # The JSON names the arrays it belongs with and is written last, so a kill
+    # between the two writes is detected as a mismatch rather than mixing states.
+    payload = {"info": dict(info), "arrays": sorted(arrays)}
+    _write_atomic(state_dir / STATE_INFO, json.dumps(payload).encode())
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Return (arrays, info) saved by :func:`save_state`, or None if there is none."""
+    state_dir = Path(path) / STATE_DIR
+    if not (state_dir / STATE_INFO).exists():
+        return None
+    payload = json.loads((state_dir / STATE_INFO).read_text())
+    with np.load(state_dir / STATE_ARRAYS, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    if sorted(arrays) != payload["arrays"]:
+        raise RunDirError(f"resume state in {state_dir} is inconsistent (interrupted save)")
+    return arrays, payload["info"]
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``meta.json``; raise RunDirError with the reason if unusable."""
+    meta_file = Path(path) / META_FILE
+    if not meta_file.is_file():
+        raise RunDirError(f"no {META_FILE}: not a trainmap run")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{META_FILE} is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{META_FILE} does not hold a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise RunDirError(f"{META_FILE} has format_version {version!r}; this trainmap reads 1")
+    if meta.get("status") not in STATUSES:
+        raise RunDirError(f"{META_FILE} has unknown status {meta.get('status')!r}")
+    return meta
+
+
+def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the completed checkpoints of a run as a DataFrame.
+
+    Columns: ``epoch``, ``step``, then metric columns in order of first
+    appearance; missing values are NaN. Text after the last newline (a row being
+    written, or left half-written by a killed writer) is ignored. A complete
+    line that is not a JSON object raises RunDirError naming the line.
+    """
+    metrics_file = Path(path) / METRICS_FILE
+    if not metrics_file.is_file():
+        raise RunDirError(f"no {METRICS_FILE}")
+    data = metrics_file.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    rows = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON") from None
+        if not isinstance(row, dict) or any(key not in row for key in INDEX_COLUMNS):
+            raise RunDirError(f"{METRICS_FILE} line {number} is not a checkpoint row")
+        rows.append(row)
+    frame = pd.DataFrame.from_records(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=list(INDEX_COLUMNS))
+    for key in INDEX_COLUMNS:
+        frame[key] = frame[key].astype("int64")
+    others = [c for c in frame.columns if c not in INDEX_COLUMNS]
+    numeric = {c: pd.to_numeric(frame[c], errors="coerce") for c in others}
+    return pd.concat([frame[list(INDEX_COLUMNS)], pd.DataFrame(numeric, index=frame.index)], axis=1)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a listing needs to know about a run; never raises for bad data."""
+
+    experiment: str
+    run: str
+    path: Path
+    status: str
+    reason: str | None = None
+    task: str | None = None
+    seed: int | None = None
+    checkpoints: int = 0
+    last_epoch: int | None = None
+    last_eval_acc: float | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    meta: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def broken(self) -> bool:
+        return self.status == BROKEN
+
+
+def effective_status(meta: Mapping[str, Any]) -> tuple[str, str | None]:
+    """The status to show, and why: a 'running' run whose writer is gone is interrupted."""
+    status = meta["status"]
+    writer = meta.get("writer") or {}
+    if (
+        status == "running"
+        and writer.get("host") == socket.gethostname()
+        and isinstance(writer.get("pid"), int)
+        and not _pid_alive(writer["pid"])
+    ):
+        return "interrupted", f"writer process {writer['pid']} is gone"
+    if status == "completed" and meta.get("diverged_at_epoch") is not None:
+        return "diverged", f"non-finite weights at epoch {meta['diverged_at_epoch']}"
+    if status == "diverged":
+        return status, f"non-finite weights at epoch {meta.get('diverged_at_epoch')}"
+    return status, meta.get("error")
+
+
+def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> RunSummary:
+    path = Path(path)
+    experiment = experiment or path.parent.name
+    try:
+        meta = read_meta(path)
+        metrics = read_metrics(path)
+    except (RunDirError, OSError) as error:
+        return RunSummary(experiment, path.name, path, BROKEN, reason=str(error))
+    status, reason = effective_status(meta)
+    last_eval = None
+    if "eval_acc" in metrics and metrics["eval_acc"].notna().any():
+        last_eval = float(metrics["eval_acc"].dropna().iloc[-1])
+    return RunSummary(
+        experiment=experiment,
+        run=path.name,
+        path=path,
+        status=status,
+        reason=reason,
+        task=meta.get("task"),
+        seed=meta.get("seed"),
+        checkpoints=len(metrics),
+        last_epoch=int(metrics["epoch"].iloc[-1]) if len(metrics) else None,
+        last_eval_acc=last_eval,
+        started_at=meta.get("started_at"),
+        ended_at=meta.get("ended_at"),
+        meta=meta,
+    )
+
+
+def list_experiments(root: str | os.PathLike) -> list[str]:
+    """Names of the experiments under ``root`` (directories with a safe name)."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise RunDirError(f"root {root_path} is not a directory")
+    names = []
+    for child in sorted(root_path.iterdir()):
+        if child.is_dir() and _NAME_PATTERN.match(child.name):
+            try:
+                resolve_inside(root_path, child.name)
+            except UnsafePathError:
+                continue
+            names.append(child.name)
+    return names
+
+
+def list_runs(root: str | os.PathLike, experiment: str) -> list[RunSummary]:
+    """Every run of an experiment, broken ones included (status 'broken', with the reason)."""
+    exp_path = experiment_path(root, experiment)
+    summaries = []
+    for child in sorted(exp_path.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        try:
+            path = resolve_inside(root, experiment, child.name)
+        except UnsafePathError as error:
+            summaries.append(RunSummary(experiment, child.name, child, BROKEN, reason=str(error)))
+            continue
+        summaries.append(summarize_run(path, experiment))
+    return summaries
+
+
+@dataclass(frozen=True)
+class Run:
+    """One readable run: its metadata and its metrics table."""
+
+    experiment: str
+    name: str
+    path: Path
+    meta: dict
+    metrics: pd.DataFrame
+    status: str
+
+
+def load_run(root: str | os.PathLike, experiment: str, run: str) -> Run:
+    """Load one run; raise RunDirError (with the reason) if it is broken."""
+    path = run_path(root, experiment, run)
+    meta = read_meta(path)
+    metrics = read_metrics(path)
+    status, _ = effective_status(meta)
+    return Run(experiment, run, path, meta, metrics, status)
+
+
+def load_experiment(root: str | os.PathLike, experiment: str) -> tuple[list[Run], list[RunSummary]]:
+    """All readable runs of an experiment, sorted by name, and the broken ones separately."""
+    runs, broken = [], []
+    for summary in list_runs(root, experiment):
+        if summary.broken:
+            broken.append(summary)
+            continue
+        try:
+            runs.append(load_run(root, experiment, summary.run))
+        except (RunDirError, OSError) as error:  # changed between listing and loading
+            broken.append(
+                RunSummary(experiment, summary.run, summary.path, BROKEN, reason=str(error))
+            )
+    return runs, broken
+
+
+def run_fingerprint(path: str | os.PathLike) -> str:
+    """Changes whenever the run's metadata or metrics change (size and mtime of both)."""
+    parts = []
+    for name in (META_FILE, METRICS_FILE):
+        try:
+            stat = (Path(path) / name).stat()
+            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{name}:missing")
+    return "|".join(parts)
+
+
+def experiment_fingerprint(root: str | os.PathLike, experiment: str) -> str:
+    """A short hash over every run's fingerprint: equal iff no run changed."""
+    import hashlib
+
+    exp_path = experiment_path(root, experiment)
+    digest = hashlib.sha256()
+    for child in sorted(exp_path.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            digest.update(f"{child.name}={run_fingerprint(child)};".encode())
+    return digest.hexdigest()[:16]

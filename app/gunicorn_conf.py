@@ -1,0 +1,17 @@
+"""gunicorn settings for the dashboard, from environment variables.
+
+The Docker image runs ``gunicorn --config python:app.gunicorn_conf app.main:server``;
+CI runs the same command against a fixture root.
+"""
+
+import os
+
+bind = os.environ.get("TRAINMAP_BIND", "127.0.0.1:8050")
+workers = int(os.environ.get("TRAINMAP_WORKERS", "2"))
+# Fitting from the UI runs in a background process, but loading a large
+# experiment on a cold cache can take a few seconds.
+timeout = int(os.environ.get("TRAINMAP_TIMEOUT", "120"))
+accesslog = "-"
+# gunicorn 27 creates a control socket under ~/.gunicorn by default; nothing
+# here uses it, and the home directory may be read-only in a container.
+control_socket_disable = True

@@ -1,0 +1,285 @@
+"""Every data load the dashboard does, memoized by content fingerprint.
+
+Pages import their loaders from here and only from here: flask-caching's
+memoize keys include the function's module path, so one module means one key
+space shared by every page, gunicorn worker and (with Redis) every process.
+
+Each memoized function takes ``(root, experiment, fingerprint, ...)``. The
+fingerprint changes whenever a run's files or a saved fit change, so an edit
+(a run appending checkpoints, a new fit) makes a new key and stale entries
+are simply never asked for again: no explicit invalidation anywhere.
+
+The dashboard parses no files itself: runs come from ``trainer.rundir`` and
+fits from ``analysis``. Names that come from a URL are checked here against
+what actually exists under the root (``valid_*``), so nothing a user types
+can reach a path outside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from flask import current_app
+from flask_caching import Cache
+
+from app import figures
+from trainer import rundir
+
+cache = Cache()
+
+# Fits for big experiments hold every run's decoded path; unpickling one from
+# the shared cache on every request would dominate latency, so each process
+# also keeps the last few FitResult objects it used (keyed like the cache).
+_LOCAL_FITS: OrderedDict = OrderedDict()
+_LOCAL_FITS_SIZE = 3
+_LOCAL_LOCK = threading.Lock()
+
+FITS_DIR = ".fits"
+
+# Set by create_app: the root a background fit (a forked process without
+# Flask's app context) works in. Never taken from the browser.
+BACKGROUND: dict[str, str] = {}
+
+
+def current_root() -> str:
+    """The root of experiments this app serves (set by ``create_app``)."""
+    return current_app.config["TRAINMAP_ROOT"]
+
+
+# ----------------------------------------------------------- URL validation
+
+
+def experiments(root: str) -> list[str]:
+    try:
+        return rundir.list_experiments(root)
+    except (rundir.RunDirError, OSError):
+        return []
+
+
+def valid_experiment(root: str, name: str | None) -> str | None:
+    """``name`` if it is an experiment under the root, else None (never raises)."""
+    if not name:
+        return None
+    try:
+        rundir.resolve_inside(root, name)
+    except rundir.RunDirError:
+        return None
+    return name if name in experiments(root) else None
+
+
+def default_experiment(root: str, name: str | None) -> str | None:
+    """The experiment asked for if valid, else the first one (None if there are none)."""
+    valid = valid_experiment(root, name)
+    if valid:
+        return valid
+    names = experiments(root)
+    return names[0] if names else None
+
+
+def parse_n(value, available: list[int], default: int | None) -> int | None:
+    """An n from a URL or a control: an int among ``available``, else ``default``."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return default
+    return n if n in available else default
+
+
+# ------------------------------------------------------------- fingerprints
+
+
+def data_fingerprint(root: str, experiment: str) -> str:
+    """Changes whenever any run of the experiment changes."""
+    return rundir.experiment_fingerprint(root, experiment)
+
+
+def fits_fingerprint(root: str, experiment: str) -> str:
+    """Changes whenever a saved fit appears or changes (names, sizes, mtimes).
+
+    Only stats files under ``EXPERIMENT/.fits``; reading them is analysis's job.
+    """
+    fits = rundir.experiment_path(root, experiment) / FITS_DIR
+    digest = hashlib.sha256()
+    if fits.is_dir():
+        for dirpath, dirnames, filenames in os.walk(fits):
+            dirnames.sort()
+            for name in sorted(filenames):
+                try:
+                    stat = os.stat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), fits)
+                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(root: str, experiment: str) -> str:
+    """Key for everything derived from runs and fits of one experiment."""
+    return f"{data_fingerprint(root, experiment)}-{fits_fingerprint(root, experiment)}"
+
+
+# ---------------------------------------------------------------- runs
+
+
+@cache.memoize()
+def run_summaries(root: str, experiment: str, fp: str) -> list[dict]:
+    """Every run (broken ones included, with the reason) as plain dicts."""
+    rows = []
+    for summary in rundir.list_runs(root, experiment):
+        row = asdict(summary)
+        row.pop("meta", None)
+        row["path"] = str(row["path"])
+        rows.append(row)
+    return rows
+
+
+def run_names(root: str, experiment: str, fp: str, readable_only: bool = True) -> list[str]:
+    return [
+        r["run"]
+        for r in run_summaries(root, experiment, fp)
+        if not (readable_only and r["status"] == rundir.BROKEN)
+    ]
+
+
+def valid_run(root: str, experiment: str, fp: str, name: str | None) -> str | None:
+    return name if name and name in run_names(root, experiment, fp) else None
+
+
+@cache.memoize()
+def run_metrics(root: str, experiment: str, run: str, run_fp: str) -> pd.DataFrame | None:
+    """One run's metrics table, or None if the run is broken (never raises)."""
+    try:
+        return rundir.load_run(root, experiment, run).metrics
+    except (rundir.RunDirError, OSError):
+        return None
+
+
+def load_run_metrics(root: str, experiment: str, run: str) -> pd.DataFrame | None:
+    """``run_metrics`` keyed by this run's own fingerprint (cheap: two stats)."""
+    try:
+        path = rundir.run_path(root, experiment, run)
+    except rundir.RunDirError:
+        return None
+    return run_metrics(root, experiment, run, rundir.run_fingerprint(path))
+
+
+@cache.memoize()
+def metric_names(root: str, experiment: str, fp: str) -> list[str]:
+    """Metric columns, in first-seen order over the experiment's readable runs."""
+    names: dict[str, None] = {}
+    for run in run_names(root, experiment, fp):
+        frame = load_run_metrics(root, experiment, run)
+        if frame is not None:
+            names.update(dict.fromkeys(figures.metric_columns(frame.columns)))
+    return list(names)
+
+
+@cache.memoize()
+def metric_band(root: str, experiment: str, fp: str, metric: str) -> pd.DataFrame:
+    """Mean +- std of one metric per epoch over all readable runs."""
+    frames = (load_run_metrics(root, experiment, r) for r in run_names(root, experiment, fp))
+    return figures.metric_band((f for f in frames if f is not None), metric)
+
+
+@cache.memoize()
+def progress_frames(
+    root: str, experiment: str, fp: str, metric: str, max_points: int = 400
+) -> dict[str, pd.DataFrame]:
+    """Each run's ``metric`` vs epoch, thinned to ``max_points`` for the browser."""
+    out = {}
+    for run in run_names(root, experiment, fp):
+        frame = load_run_metrics(root, experiment, run)
+        if frame is None or metric not in frame:
+            continue
+        step = max(1, len(frame) // max_points)
+        out[run] = frame[["epoch", metric]].iloc[::step].reset_index(drop=True)
+    return out
+
+
+# ----------------------------------------------------------------- fits
+
+
+def _load_fit_uncached(root: str, experiment: str):
+    """The saved fit of an experiment through the analysis API (never computes)."""
+    import analysis  # the app draws fits, analysis computes and stores them
+
+    return analysis.load_fit(root, experiment)
+
+
+@cache.memoize()
+def _fit_result_shared(root: str, experiment: str, fp: str):
+    return _load_fit_uncached(root, experiment)
+
+
+def fit_result(root: str, experiment: str, fp: str):
+    """The experiment's saved FitResult, or None if it has not been fitted."""
+    key = (root, experiment, fp)
+    with _LOCAL_LOCK:
+        if key in _LOCAL_FITS:
+            _LOCAL_FITS.move_to_end(key)
+            return _LOCAL_FITS[key]
+    fit = _fit_result_shared(root, experiment, fp)
+    with _LOCAL_LOCK:
+        _LOCAL_FITS[key] = fit
+        while len(_LOCAL_FITS) > _LOCAL_FITS_SIZE:
+            _LOCAL_FITS.popitem(last=False)
+    return fit
+
+
+@cache.memoize()
+def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
+    """The small part of a fit every page needs: the sweep, n's and convergence."""
+    fit = fit_result(root, experiment, fp)
+    if fit is None:
+        return None
+    selected = fit.map(fit.selected_n)
+    return {
+        "sweep": fit.sweep,
+        "selected_n": int(fit.selected_n),
+        "ns": sorted(int(n) for n in fit.maps),
+        "runs": list(fit.runs),
+        "excluded_runs": dict(fit.excluded_runs),
+        "feature_names": list(fit.feature_names),
+        "params": dict(fit.params),
+        "convergence": dict(selected.convergence_epoch),
+    }
+
+
+@cache.memoize()
+def map_view(root: str, experiment: str, fp: str, n: int) -> list[dict] | None:
+    """Cytoscape elements of the map with ``n`` states (None if there is none)."""
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    return figures.map_elements(fit.maps[n])
+
+
+@cache.memoize()
+def run_states(
+    root: str, experiment: str, fp: str, n: int, run: str
+) -> tuple[list[int], list[int]] | None:
+    """(epochs, decoded states) of one run under the ``n``-state map, or None."""
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps or run not in fit.maps[n].paths:
+        return None
+    tmap = fit.maps[n]
+    return list(tmap.epochs[run]), list(tmap.paths[run])
+
+
+@cache.memoize()
+def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | None:
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    return figures.states_frame(fit.maps[n])
+
+
+def fit_command(root: str, experiment: str) -> str:
+    """The exact CLI command that fits an experiment."""
+    return f"trainmap fit {Path(root) / experiment}"

@@ -1,0 +1,646 @@
+"""Pure builders: data in, Plotly figures and Cytoscape elements out.
+
+Nothing here imports Dash or the cache, so every function can be tested as a
+plain function without a server or a browser. Pages call these from thin
+callbacks after loading data through ``app.data``.
+
+Colours: state ``k`` is drawn with ``state_color(k)`` everywhere (map nodes,
+shaded phases on the metric curves, the CSV legend), so a reader can match a
+node to a stretch of a curve by colour alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Colour-blind friendly (Okabe-Ito, then Tableau) so up to ~12 states stay distinct.
+PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#000000",
+    "#8C564B",
+    "#7F7F7F",
+    "#BCBD22",
+    "#17BECF",
+)
+
+# Canvas of the map's preset layout, in Cytoscape model units; the graph is
+# fitted to the viewport afterwards, so only the proportions matter.
+MAP_WIDTH = 900.0
+MAP_ROW = 130.0
+
+
+def state_color(state: int) -> str:
+    return PALETTE[int(state) % len(PALETTE)]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _finite(value) -> float | None:
+    """A float for display, or None for missing / NaN values."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# ----------------------------------------------------------------- runs table
+
+RUNS_COLUMNS = (
+    ("run", "run"),
+    ("status", "status"),
+    ("reason", "reason"),
+    ("seed", "seed"),
+    ("task", "task"),
+    ("checkpoints", "checkpoints"),
+    ("last_epoch", "last epoch"),
+    ("final_eval_acc", "final eval acc"),
+    ("convergence_epoch", "convergence epoch"),
+)
+
+
+def runs_table_rows(
+    summaries: Iterable[Mapping], convergence: Mapping[str, int | None] | None = None
+) -> list[dict]:
+    """One table row per run; ``summaries`` are RunSummary-like mappings.
+
+    ``convergence`` maps run name to the epoch the fit says it converged (None
+    when it never did); runs the fit did not use get an empty cell. Every row
+    has an ``id`` (the run name) so the table keeps its selection across
+    refreshes even when rows are re-sorted.
+    """
+    convergence = convergence or {}
+    rows = []
+    for summary in summaries:
+        name = summary["run"]
+        acc = _finite(summary.get("last_eval_acc"))
+        conv = convergence.get(name)
+        rows.append(
+            {
+                "id": name,
+                "run": name,
+                "status": summary["status"],
+                "reason": summary.get("reason") or "",
+                "seed": summary.get("seed"),
+                "task": summary.get("task") or "",
+                "checkpoints": int(summary.get("checkpoints") or 0),
+                "last_epoch": summary.get("last_epoch"),
+                "final_eval_acc": round(acc, 4) if acc is not None else None,
+                "convergence_epoch": int(conv) if conv is not None else None,
+            }
+        )
+    return rows
+
+
+def status_counts(rows: Iterable[Mapping]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ------------------------------------------------------------ model selection
+
+
+def selection_figure(
+    sweep: pd.DataFrame, selected_n: int, chosen_n: int | None = None, height: int = 380
+) -> go.Figure:
+    """BIC and AIC (left, lower is better) and held-out log-likelihood (right,
+    higher is better) against the number of states, each mean +- std over
+    restarts as a band. The n the criterion selected is marked with a star, the
+    n the user chose (if different) with a ring. Every point carries its n in
+    ``customdata`` so a click tells the callback which n was chosen.
+    """
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("information criteria (lower is better)", "held-out log-likelihood"),
+        horizontal_spacing=0.12,
+    )
+    frame = sweep.sort_values("n")
+    n = frame["n"].astype(int).to_numpy()
+    panels = (
+        (1, "bic", "BIC", "#0072B2"),
+        (1, "aic", "AIC", "#E69F00"),
+        (2, "heldout_ll", "held-out LL", "#009E73"),
+    )
+    for col, key, label, color in panels:
+        mean_col, std_col = f"{key}_mean", f"{key}_std"
+        if mean_col not in frame:
+            continue
+        mean = frame[mean_col].to_numpy(dtype=float)
+        std = frame[std_col].to_numpy(dtype=float) if std_col in frame else np.zeros_like(mean)
+        std = np.nan_to_num(std)
+        ok = np.isfinite(mean)
+        if not ok.any():
+            continue
+        # The band is one closed polygon: upper edge left to right, lower edge back.
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([n[ok], n[ok][::-1]]),
+                y=np.concatenate([(mean + std)[ok], (mean - std)[ok][::-1]]),
+                fill="toself",
+                fillcolor=_rgba(color, 0.18),
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                name=f"{label} band",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=n[ok],
+                y=mean[ok],
+                customdata=n[ok],
+                mode="lines+markers",
+                marker={"size": 10, "color": color},
+                line={"color": color},
+                name=label,
+                hovertemplate=f"n=%{{x}}<br>{label} %{{y:.4g}}<extra>click to choose n</extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        for mark_n, symbol, size, name in (
+            (selected_n, "star", 20, "selected"),
+            (chosen_n, "circle-open", 24, "chosen"),
+        ):
+            if mark_n is None or (name == "chosen" and mark_n == selected_n):
+                continue
+            hit = ok & (n == int(mark_n))
+            if hit.any():
+                fig.add_trace(
+                    go.Scatter(
+                        x=n[hit],
+                        y=mean[hit],
+                        customdata=n[hit],
+                        mode="markers",
+                        marker={
+                            "symbol": symbol,
+                            "size": size,
+                            "color": "#D55E00",
+                            "line": {"width": 2, "color": "#D55E00"},
+                        },
+                        name=f"{name} n",
+                        showlegend=key == "bic",
+                        hovertemplate=f"{name} n=%{{x}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(title_text="number of states n", dtick=1)
+    fig.update_layout(
+        height=height,
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        legend={"orientation": "h", "y": -0.22},
+        clickmode="event",
+        hovermode="closest",
+        template="plotly_white",
+        # Keep the user's zoom when the figure is rebuilt for another chosen n.
+        uirevision="selection",
+    )
+    return fig
+
+
+def sweep_table(sweep: pd.DataFrame) -> list[dict]:
+    """The sweep as JSON-safe records (NaN -> None) for a table or CSV."""
+    frame = sweep.astype(object).where(pd.notna(sweep), None)
+    return frame.to_dict("records")
+
+
+# --------------------------------------------------------------- training map
+
+
+def map_positions(states: Sequence) -> dict[int, tuple[float, float]]:
+    """Preset positions: x by mean epoch, y spreading branches apart.
+
+    States are placed left to right by the mean epoch of their checkpoints.
+    Non-detour states try the middle row first, detours try the rows above and
+    below first; a state moves to the next free row while another state within
+    ``MAP_WIDTH / 8`` horizontally already occupies its row. The result depends
+    only on the states, so the map is stable across reloads and testable.
+    """
+    if not states:
+        return {}
+    epochs = np.array([_finite(s.mean_epoch) or 0.0 for s in states], dtype=float)
+    lo, hi = float(epochs.min()), float(epochs.max())
+    span = hi - lo
+    min_dx = MAP_WIDTH / 8
+    placed: list[tuple[float, int]] = []  # (x, row)
+    positions = {}
+    for index in np.argsort(epochs, kind="stable"):
+        state = states[int(index)]
+        x = MAP_WIDTH / 2 if span <= 0 else (epochs[index] - lo) / span * MAP_WIDTH
+        order = [1, -1, 2, -2, 3, -3, 0] if state.is_detour else [0, -1, 1, -2, 2, -3, 3]
+        row = next(
+            (r for r in order if all(abs(x - px) >= min_dx or pr != r for px, pr in placed)),
+            order[len(placed) % len(order)],
+        )
+        placed.append((x, row))
+        positions[int(state.state)] = (round(float(x), 1), round(row * MAP_ROW, 1))
+    return positions
+
+
+def _node_size(occupancy: float) -> float:
+    # Area (not radius) proportional to occupancy reads right; keep a minimum.
+    return round(28 + 90 * math.sqrt(max(occupancy, 0.0)), 1)
+
+
+def _edge_width(prob: float) -> float:
+    return round(1.5 + 10 * max(min(prob, 1.0), 0.0), 2)
+
+
+def feature_rows(features: Iterable, limit: int = 5) -> list[dict]:
+    """Top features of an edge as rows: name, arrow (up/down by the sign of the
+    change) and the change in z units."""
+    rows = []
+    for feature in list(features)[:limit]:
+        get = feature.get if isinstance(feature, Mapping) else lambda k, f=feature: getattr(f, k)
+        delta = float(get("delta_z"))
+        rows.append(
+            {
+                "feature": get("feature"),
+                "arrow": "↑" if delta > 0 else ("↓" if delta < 0 else "→"),
+                "delta_z": round(delta, 2),
+                "score": round(float(get("score")), 4),
+            }
+        )
+    return rows
+
+
+def profile_rows(profile: Mapping[str, float], limit: int = 8) -> list[dict]:
+    """A state's feature profile, largest |z| first."""
+    items = sorted(profile.items(), key=lambda kv: -abs(kv[1]))[:limit]
+    return [{"feature": k, "z": round(float(v), 2)} for k, v in items]
+
+
+def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
+    """Cytoscape elements for a TrainingMap: one node per state, one edge per
+    observed transition j -> k, with preset positions.
+
+    Node data: id ``s<k>``, label, colour, size, occupancy, mean epoch, runs
+    visiting, profile rows. Classes ``start`` / ``end`` / ``detour`` mark start
+    states (some run starts there), end states and detours. Edge data: id
+    ``e<j>-<k>``, probability label, width, number of runs, mean convergence
+    epoch and the top features. With ``highlight_run``, the nodes and edges on
+    that run's decoded path get the class ``onpath``.
+    """
+    positions = map_positions(training_map.states)
+    elements = []
+    for state in training_map.states:
+        k = int(state.state)
+        classes = []
+        if state.start_runs > 0:
+            classes.append("start")
+        if state.end_runs > 0:
+            classes.append("end")
+        if state.is_detour:
+            classes.append("detour")
+        x, y = positions[k]
+        elements.append(
+            {
+                "data": {
+                    "id": f"s{k}",
+                    "state": k,
+                    "label": f"S{k}",
+                    "color": state_color(k),
+                    "size": _node_size(state.occupancy),
+                    "occupancy": round(float(state.occupancy), 4),
+                    "mean_epoch": round(float(state.mean_epoch), 1),
+                    "visited_runs": int(state.visited_runs),
+                    "start_runs": int(state.start_runs),
+                    "end_runs": int(state.end_runs),
+                    "is_detour": bool(state.is_detour),
+                    "profile": profile_rows(state.profile),
+                },
+                "position": {"x": x, "y": y},
+                "classes": " ".join(classes),
+            }
+        )
+    for edge in training_map.edges:
+        j, k = int(edge.source), int(edge.target)
+        conv = _finite(edge.mean_convergence_epoch)
+        elements.append(
+            {
+                "data": {
+                    "id": f"e{j}-{k}",
+                    "source": f"s{j}",
+                    "target": f"s{k}",
+                    "prob": round(float(edge.prob), 4),
+                    "label": f"{edge.prob:.2f}",
+                    "width": _edge_width(edge.prob),
+                    "color": state_color(j),
+                    "n_runs": int(edge.n_runs),
+                    "n_transitions": int(edge.n_transitions),
+                    "mean_convergence_epoch": round(conv, 1) if conv is not None else None,
+                    "features": feature_rows(edge.top_features),
+                },
+                "classes": "",
+            }
+        )
+    if highlight_run and highlight_run in training_map.paths:
+        elements = highlight_path(elements, training_map.paths[highlight_run])
+    return elements
+
+
+def highlight_path(elements: list[dict], path: Sequence[int] | None) -> list[dict]:
+    """A copy of ``elements`` where the nodes and edges of ``path`` have class ``onpath``."""
+    path = list(path or [])
+    on_nodes = {f"s{int(s)}" for s in path}
+    on_edges = {f"e{int(a)}-{int(b)}" for a, b in zip(path[:-1], path[1:]) if a != b}
+    out = []
+    for element in elements:
+        classes = [c for c in element.get("classes", "").split() if c != "onpath"]
+        if element["data"]["id"] in on_nodes or element["data"]["id"] in on_edges:
+            classes.append("onpath")
+        out.append({**element, "classes": " ".join(classes)})
+    return out
+
+
+def map_stylesheet() -> list[dict]:
+    """Cytoscape stylesheet (plain data): colours and sizes come from element data."""
+    return [
+        {
+            "selector": "node",
+            "style": {
+                "background-color": "data(color)",
+                "width": "data(size)",
+                "height": "data(size)",
+                "label": "data(label)",
+                "color": "#222",
+                "font-size": 14,
+                "text-valign": "center",
+                "text-outline-color": "#fff",
+                "text-outline-width": 2,
+                "border-width": 2,
+                "border-color": "#555",
+            },
+        },
+        # Start states get a thick green ring, end states a double dark ring,
+        # detours a dashed border: three marks that combine on one node.
+        {"selector": "node.start", "style": {"border-width": 5, "border-color": "#009E73"}},
+        {"selector": "node.end", "style": {"border-style": "double", "border-width": 7}},
+        {"selector": "node.start.end", "style": {"border-color": "#009E73"}},
+        {
+            "selector": "node.detour",
+            "style": {"border-style": "dashed", "shape": "round-rectangle"},
+        },
+        {
+            "selector": "edge",
+            "style": {
+                "width": "data(width)",
+                "line-color": "data(color)",
+                "target-arrow-color": "data(color)",
+                "target-arrow-shape": "triangle",
+                "curve-style": "bezier",
+                "opacity": 0.75,
+                "label": "data(label)",
+                "font-size": 12,
+                "text-background-color": "#fff",
+                "text-background-opacity": 0.8,
+                "text-background-padding": 2,
+            },
+        },
+        {"selector": "edge.onpath", "style": {"line-color": "#D55E00", "opacity": 1}},
+        {"selector": "node.onpath", "style": {"overlay-color": "#D55E00", "overlay-opacity": 0.15}},
+        {"selector": "edge:selected", "style": {"line-color": "#333"}},
+    ]
+
+
+# -------------------------------------------------------------- metric curves
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Centered moving average ignoring NaN; ``window <= 1`` returns a copy."""
+    series = pd.Series(np.asarray(values, dtype=float))
+    if window <= 1:
+        return series.to_numpy(copy=True)
+    return series.rolling(int(window), center=True, min_periods=1).mean().to_numpy()
+
+
+def state_segments(epochs: Sequence[int], path: Sequence[int]) -> list[tuple[float, float, int]]:
+    """Contiguous stretches of one decoded state: (start epoch, end epoch, state).
+
+    A stretch ends halfway to the next checkpoint, so shaded stretches touch and
+    the boundary sits where the transition happened.
+    """
+    epochs = np.asarray(epochs, dtype=float)
+    path = np.asarray(path, dtype=int)
+    if len(path) == 0:
+        return []
+    change = np.flatnonzero(path[1:] != path[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(path)]])
+    segments = []
+    for a, b in zip(starts, ends):
+        left = epochs[a] if a == 0 else (epochs[a - 1] + epochs[a]) / 2
+        right = epochs[b - 1] if b == len(path) else (epochs[b - 1] + epochs[b]) / 2
+        segments.append((float(left), float(right), int(path[a])))
+    return segments
+
+
+def metric_figure(
+    metric: str,
+    run_frame: pd.DataFrame | None = None,
+    run_name: str | None = None,
+    band: pd.DataFrame | None = None,
+    states: tuple[Sequence[int], Sequence[int]] | None = None,
+    log_y: bool = False,
+    smoothing: int = 1,
+    uirevision: str = "curves",
+) -> go.Figure:
+    """A metric against epoch.
+
+    ``run_frame`` (columns ``epoch`` and ``metric``) draws one run;
+    ``band`` (columns ``epoch``, ``mean``, ``std``, ``count``) draws the mean of
+    all seeds with a +-std band; ``states`` = (epochs, decoded path) of the run
+    shades the background by state (same colours as the map) and marks each
+    transition with a dotted line. ``uirevision`` keeps zoom across updates.
+    """
+    fig = go.Figure()
+    if band is not None and len(band):
+        x = band["epoch"].to_numpy(dtype=float)
+        mean = smooth(band["mean"], smoothing)
+        std = np.nan_to_num(smooth(band["std"], smoothing))
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([x, x[::-1]]),
+                y=np.concatenate([mean + std, (mean - std)[::-1]]),
+                fill="toself",
+                fillcolor="rgba(90,90,90,0.15)",
+                line={"width": 0},
+                hoverinfo="skip",
+                name="all seeds ± std",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=mean,
+                mode="lines",
+                line={"color": "#555", "width": 2},
+                name="all seeds mean",
+                customdata=band["count"].to_numpy(),
+                hovertemplate="epoch %{x}<br>mean %{y:.4g}<br>%{customdata} runs<extra></extra>",
+            )
+        )
+    if run_frame is not None and len(run_frame) and metric in run_frame:
+        fig.add_trace(
+            go.Scatter(
+                x=run_frame["epoch"].to_numpy(),
+                y=smooth(run_frame[metric], smoothing),
+                mode="lines",
+                line={"color": "#111", "width": 2},
+                name=run_name or "run",
+            )
+        )
+    shapes = []
+    if states is not None:
+        epochs, path = states
+        segments = state_segments(epochs, path)
+        for left, right, state in segments:
+            shapes.append(
+                {
+                    "type": "rect",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": left,
+                    "x1": right,
+                    "y0": 0,
+                    "y1": 1,
+                    "fillcolor": _rgba(state_color(state), 0.18),
+                    "line": {"width": 0},
+                    "layer": "below",
+                    "name": f"S{state}",
+                }
+            )
+        for (_, right, a), (_, _, b) in zip(segments[:-1], segments[1:]):
+            shapes.append(
+                {
+                    "type": "line",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": right,
+                    "x1": right,
+                    "y0": 0,
+                    "y1": 1,
+                    "line": {"color": "#333", "width": 1, "dash": "dot"},
+                    "name": f"S{a}->S{b}",
+                }
+            )
+        # Invisible legend entries so each state's colour is named.
+        for state in sorted({s for _, _, s in segments}):
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    marker={"size": 12, "symbol": "square", "color": state_color(state)},
+                    name=f"state S{state}",
+                )
+            )
+    fig.update_layout(
+        shapes=shapes,
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        yaxis_type="log" if log_y else "linear",
+        height=460,
+        margin={"l": 60, "r": 20, "t": 30, "b": 50},
+        template="plotly_white",
+        hovermode="x unified",
+        uirevision=uirevision,
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def metric_band(frames: Iterable[pd.DataFrame], metric: str) -> pd.DataFrame:
+    """Mean, std and count of ``metric`` per epoch over runs (NaN ignored)."""
+    parts = [f[["epoch", metric]] for f in frames if metric in f and len(f)]
+    if not parts:
+        return pd.DataFrame(columns=["epoch", "mean", "std", "count"])
+    grouped = pd.concat(parts, ignore_index=True).groupby("epoch")[metric]
+    out = grouped.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def metric_columns(columns: Iterable[str]) -> list[str]:
+    """Metric columns a user can plot: everything but the index columns."""
+    return [c for c in columns if c not in ("epoch", "step")]
+
+
+def progress_figure(frames: Mapping[str, pd.DataFrame], metric: str) -> go.Figure:
+    """One line per run of ``metric`` vs epoch (the runs page's live view).
+
+    ``uirevision`` is fixed so a live refresh keeps the user's zoom and the
+    legend items they hid.
+    """
+    fig = go.Figure()
+    for name, frame in frames.items():
+        if metric in frame:
+            fig.add_trace(
+                go.Scattergl(
+                    x=frame["epoch"].to_numpy(),
+                    y=frame[metric].to_numpy(),
+                    mode="lines",
+                    name=name,
+                    line={"width": 1},
+                )
+            )
+    fig.update_layout(
+        height=320,
+        margin={"l": 50, "r": 20, "t": 30, "b": 40},
+        xaxis_title="epoch",
+        yaxis_title=metric,
+        template="plotly_white",
+        uirevision="runs-progress",
+        showlegend=len(frames) <= 20,
+    )
+    return fig
+
+
+# ------------------------------------------------------------------- exports
+
+
+def states_frame(training_map) -> pd.DataFrame:
+    """Long table of decoded states: run, epoch, state (for CSV download)."""
+    parts = [
+        pd.DataFrame({"run": run, "epoch": training_map.epochs[run], "state": path})
+        for run, path in sorted(training_map.paths.items())
+    ]
+    if not parts:
+        return pd.DataFrame(columns=["run", "epoch", "state"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_export_frame(
+    metrics: pd.DataFrame, states: tuple[Sequence[int], Sequence[int]] | None
+) -> pd.DataFrame:
+    """One run's metrics with its decoded state per checkpoint (NaN where none)."""
+    out = metrics.copy()
+    if states is not None:
+        epochs, path = states
+        decoded = pd.Series(list(path), index=list(epochs), dtype="Int64")
+        decoded = decoded[~decoded.index.duplicated(keep="last")]
+        out["state"] = out["epoch"].map(decoded)
+    return out

@@ -1,0 +1,204 @@
+"""Metric curves with phases: any metric against epoch, shaded by decoded state.
+
+One run's curve, the mean +- std band of all seeds, or both; the background
+is shaded by the chosen run's decoded states under the n-state map (same
+colours as the map's nodes) and each transition is a dotted line. The run
+chosen on the Runs page or the Training map arrives here through the URL.
+"""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from app import components, data, figures
+
+dash.register_page(
+    __name__, path="/curves", name="Metric curves", title="trainmap: metric curves", order=3
+)
+
+
+def layout(experiment=None, n=None, run=None, metric=None, **_):
+    root = data.current_root()
+    experiment = data.default_experiment(root, experiment)
+    return html.Div(
+        [
+            components.query_store("curves", {"experiment": experiment}),
+            dcc.Store(id="curves-request", data={"n": n, "run": run, "metric": metric}),
+            html.Div(
+                [
+                    components.label(
+                        "experiment", components.experiment_dropdown("curves", root, experiment)
+                    ),
+                    components.label(
+                        "metric",
+                        dcc.Dropdown(id="curves-metric", clearable=False, className="control"),
+                    ),
+                    components.label(
+                        "run",
+                        dcc.Dropdown(id="curves-run", placeholder="none", className="control"),
+                    ),
+                    components.label(
+                        "states n",
+                        dcc.Dropdown(id="curves-n", clearable=False, className="control small"),
+                    ),
+                ],
+                className="controls",
+            ),
+            html.Div(
+                [
+                    dcc.Checklist(
+                        id="curves-options",
+                        options=[
+                            {"label": " all seeds (mean ± std)", "value": "band"},
+                            {"label": " log y", "value": "log"},
+                        ],
+                        value=["band"],
+                        inline=True,
+                    ),
+                    components.label(
+                        "smoothing (checkpoints)",
+                        dcc.Slider(
+                            id="curves-smoothing",
+                            min=1,
+                            max=51,
+                            step=2,
+                            value=1,
+                            marks={1: "off", 11: "11", 25: "25", 51: "51"},
+                        ),
+                    ),
+                    html.Button("Download run CSV", id="curves-download-button"),
+                    dcc.Download(id="curves-download"),
+                ],
+                className="controls",
+            ),
+            html.Div(id="curves-message"),
+            dcc.Graph(
+                id="curves-graph",
+                # PNG export from the modebar (Plotly's toImage) at a useful size.
+                config={
+                    "displaylogo": False,
+                    "toImageButtonOptions": {"format": "png", "filename": "trainmap-curve"},
+                },
+            ),
+        ]
+    )
+
+
+@callback(
+    Output("curves-metric", "options"),
+    Output("curves-metric", "value"),
+    Output("curves-run", "options"),
+    Output("curves-run", "value"),
+    Output("curves-n", "options"),
+    Output("curves-n", "value"),
+    Output("curves-message", "children"),
+    Input("curves-experiment", "value"),
+    State("curves-request", "data"),
+)
+def choices(experiment, request):
+    """Metric, run and n choices for an experiment, starting from the URL's."""
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None:
+        return [], None, [], None, [], None, components.no_experiments(root)
+    fp = data.fingerprint(root, experiment)
+    request = request or {}
+    metrics = data.metric_names(root, experiment, fp)
+    metric = request.get("metric")
+    if metric not in metrics:
+        metric = "eval_acc" if "eval_acc" in metrics else (metrics[0] if metrics else None)
+    runs = data.run_names(root, experiment, fp)
+    run = data.valid_run(root, experiment, fp, request.get("run"))
+    overview = data.fit_overview(root, experiment, fp)
+    ns = overview["ns"] if overview else []
+    n = data.parse_n(request.get("n"), ns, overview["selected_n"] if overview else None)
+    message = None if overview else components.fit_missing(root, experiment)
+    return (
+        metrics,
+        metric,
+        [{"label": r, "value": r} for r in runs],
+        run,
+        [{"label": str(k), "value": k} for k in ns],
+        n,
+        message,
+    )
+
+
+@callback(
+    Output("curves-graph", "figure"),
+    Input("curves-experiment", "value"),
+    Input("curves-metric", "value"),
+    Input("curves-run", "value"),
+    Input("curves-n", "value"),
+    Input("curves-options", "value"),
+    Input("curves-smoothing", "value"),
+)
+def draw(experiment, metric, run, n, options, smoothing):
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or metric is None:
+        return figures.metric_figure(metric or "")
+    fp = data.fingerprint(root, experiment)
+    if metric not in data.metric_names(root, experiment, fp):
+        return figures.metric_figure(metric)
+    run = data.valid_run(root, experiment, fp, run)
+    options = options or []
+    band = data.metric_band(root, experiment, fp, metric) if "band" in options else None
+    run_frame = data.load_run_metrics(root, experiment, run) if run else None
+    states = data.run_states(root, experiment, fp, int(n), run) if run and n is not None else None
+    return figures.metric_figure(
+        metric,
+        run_frame=run_frame,
+        run_name=run,
+        band=band,
+        states=states,
+        log_y="log" in options,
+        smoothing=int(smoothing or 1),
+        # Keep zoom while smoothing or log changes; reset it for another metric.
+        uirevision=f"{experiment}/{metric}",
+    )
+
+
+@callback(
+    Output("app-query", "data", allow_duplicate=True),
+    Input("curves-experiment", "value"),
+    Input("curves-metric", "value"),
+    Input("curves-run", "value"),
+    Input("curves-n", "value"),
+    State("curves-query", "data"),
+    State("app-query", "data"),
+    prevent_initial_call="initial_duplicate",
+)
+def sync_query(experiment, metric, run, n, incoming, current):
+    own = {"experiment": experiment}
+    for key, value in (("metric", metric), ("n", n)):
+        if value is not None:
+            own[key] = value
+    if run is not None or dash.ctx.triggered_id == "curves-run":
+        own["run"] = run
+    return components.merge_query(incoming, current, **own)
+
+
+@callback(
+    Output("curves-download", "data"),
+    Input("curves-download-button", "n_clicks"),
+    State("curves-experiment", "value"),
+    State("curves-run", "value"),
+    State("curves-n", "value"),
+    prevent_initial_call=True,
+)
+def download_run(_clicks, experiment, run, n):
+    """The chosen run's metrics with its decoded state per checkpoint."""
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None:
+        return no_update
+    fp = data.fingerprint(root, experiment)
+    run = data.valid_run(root, experiment, fp, run)
+    frame = data.load_run_metrics(root, experiment, run) if run else None
+    if frame is None:
+        return no_update
+    states = data.run_states(root, experiment, fp, int(n), run) if n is not None else None
+    out = figures.run_export_frame(frame, states)
+    return dcc.send_data_frame(out.to_csv, f"{experiment}-{run}-metrics.csv", index=False)

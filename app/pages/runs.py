@@ -1,0 +1,118 @@
+"""Runs: every run of an experiment with its status, live while runs train.
+
+The table refreshes every few seconds but only sends new rows when the
+experiment's fingerprint changed, and keeps sorting, filtering and the
+selected run (rows are identified by run name, not position). The progress
+plot keeps its zoom across refreshes through Plotly's ``uirevision``.
+Selecting a run makes it the run of every other page.
+"""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
+
+from app import components, data, figures
+
+dash.register_page(__name__, path="/", name="Runs", title="trainmap: runs", order=0)
+
+REFRESH_MS = 3000
+
+
+def layout(experiment=None, n=None, run=None, metric=None, **_):
+    root = data.current_root()
+    experiment = data.default_experiment(root, experiment)
+    return html.Div(
+        [
+            components.query_store("runs", {"experiment": experiment, "n": n, "metric": metric}),
+            html.Div(
+                [
+                    components.label(
+                        "experiment", components.experiment_dropdown("runs", root, experiment)
+                    ),
+                    html.Div(id="runs-counts", className="counts"),
+                ],
+                className="controls",
+            ),
+            html.Div(components.no_experiments(root) if experiment is None else None),
+            dash_table.DataTable(
+                id="runs-table",
+                columns=[{"name": title, "id": key} for key, title in figures.RUNS_COLUMNS],
+                data=[],
+                sort_action="native",
+                filter_action="native",
+                row_selectable="single",
+                selected_row_ids=[run] if run else [],
+                page_size=20,
+                style_table={"overflowX": "auto"},
+                style_cell={"textAlign": "left", "fontFamily": "inherit", "padding": "4px 8px"},
+                style_data_conditional=[
+                    {
+                        "if": {"filter_query": '{status} = "broken"'},
+                        "backgroundColor": "#fde2e1",
+                    },
+                    {
+                        "if": {"filter_query": '{status} = "running"'},
+                        "backgroundColor": "#e6f4ea",
+                    },
+                ],
+            ),
+            html.P(
+                [
+                    "Select a run to show it on the ",
+                    dcc.Link("Training map", href="/map", id="runs-map-link"),
+                    " and in ",
+                    dcc.Link("Metric curves", href="/curves", id="runs-curves-link"),
+                    ".",
+                ],
+                className="hint",
+            ),
+            dcc.Graph(id="runs-progress", config={"displaylogo": False}),
+            dcc.Store(id="runs-fp"),
+            dcc.Interval(id="runs-interval", interval=REFRESH_MS),
+        ]
+    )
+
+
+@callback(
+    Output("runs-table", "data"),
+    Output("runs-counts", "children"),
+    Output("runs-progress", "figure"),
+    Output("runs-fp", "data"),
+    Input("runs-experiment", "value"),
+    Input("runs-interval", "n_intervals"),
+    State("runs-fp", "data"),
+)
+def refresh(experiment, _ticks, last_fp):
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None:
+        return [], "", figures.progress_figure({}, "eval_acc"), None
+    fp = data.fingerprint(root, experiment)
+    if fp == last_fp:
+        return no_update, no_update, no_update, no_update  # nothing changed on disk
+    summaries = data.run_summaries(root, experiment, fp)
+    overview = data.fit_overview(root, experiment, fp)
+    rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
+    counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
+    metrics = data.metric_names(root, experiment, fp)
+    metric = "eval_acc" if "eval_acc" in metrics else (metrics[0] if metrics else "eval_acc")
+    progress = figures.progress_figure(data.progress_frames(root, experiment, fp, metric), metric)
+    return rows, f"{len(rows)} runs ({counts})", progress, fp
+
+
+@callback(
+    Output("app-query", "data", allow_duplicate=True),
+    Input("runs-experiment", "value"),
+    Input("runs-table", "selected_row_ids"),
+    State("runs-query", "data"),
+    State("app-query", "data"),
+    prevent_initial_call="initial_duplicate",
+)
+def sync_query(experiment, selected, incoming, current):
+    own = {"experiment": experiment}
+    if selected:
+        own["run"] = selected[0]
+    elif dash.ctx.triggered_id == "runs-table":
+        own["run"] = None  # the user cleared the selection
+    return components.merge_query(incoming, current, **own)

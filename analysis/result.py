@@ -98,6 +98,9 @@ class FitResult:
     sweep: pd.DataFrame
     selected_n: int
     maps: dict[int, TrainingMap]  # keyed by n
+    # Added by analysis (defaults keep older constructors working):
+    warnings: list[str] = field(default_factory=list)  # dropped features, truncated runs, ...
+    loaded: bool = False  # True when this result came from the store, not a new fit
 
     def map(self, n: int | None = None) -> TrainingMap:
         """The map for ``n`` states (default: the selected n)."""

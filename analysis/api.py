@@ -1,0 +1,380 @@
+"""The functions the CLI and the dashboard call (the dashboard never re-implements analysis).
+
+* :func:`fit_experiment` fits (or loads from the store) a sweep of HMMs over an
+  experiment's runs and returns a :class:`analysis.result.FitResult` with a
+  training map for every feasible n;
+* :func:`load_fit` returns the saved fit for the same request, or None; it
+  never computes;
+* :func:`list_fits` lists the saved fits of an experiment;
+* :func:`fit_prepared` does the work on already prepared data (synthetic
+  studies, benchmarks).
+
+This module must not import torch (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from analysis.maps import build_map, convergence_epoch
+from analysis.model import (
+    COVARIANCE_TYPES,
+    CRITERIA,
+    DEFAULT_CRITERION,
+    StateSelector,
+    select_n,
+)
+from analysis.prepare import DEFAULT_NORMALIZE, NORMALIZATIONS, Prepared, prepare_experiment
+from analysis.result import FitResult
+
+BACKENDS = ("loky", "dask", "threading", "sequential")
+
+
+def _key_params(
+    *,
+    features,
+    first_n,
+    normalize,
+    cov,
+    max_states,
+    restarts,
+    seed,
+    heldout,
+    n_iter,
+    tol,
+    threshold,
+) -> dict:
+    """The parameters that change the fitted models or maps (criterion and n do not)."""
+    return {
+        "features": None if features is None else list(features),
+        "first_n": first_n,
+        "normalize": normalize,
+        "cov": cov,
+        "max_states": int(max_states),
+        "restarts": int(restarts),
+        "seed": int(seed),
+        "heldout": float(heldout),
+        "n_iter": int(n_iter),
+        "tol": float(tol),
+        "threshold": float(threshold),
+    }
+
+
+def _check(params: dict, criterion: str, n_states, backend: str, scheduler, workers) -> None:
+    """Reject bad parameters up front with a message a user can act on."""
+    if params["normalize"] not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {params['normalize']!r}")
+    if params["cov"] not in COVARIANCE_TYPES:
+        raise ValueError(f"cov must be one of {COVARIANCE_TYPES}, got {params['cov']!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    if params["max_states"] < 1 or params["restarts"] < 1:
+        raise ValueError("max_states and restarts must be at least 1")
+    if n_states is not None and not 1 <= int(n_states) <= params["max_states"]:
+        raise ValueError(f"n_states must be between 1 and max_states={params['max_states']}")
+    if not 0 <= params["heldout"] < 1:
+        raise ValueError("heldout must be in [0, 1)")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "dask" and not scheduler:
+        raise ValueError("backend 'dask' needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
+    if int(workers) == 0:
+        raise ValueError("workers must be non-zero (-1 means all cores)")
+
+
+def _choose(result: FitResult, criterion: str, n_states) -> FitResult:
+    """Set the selected n for this request (a loaded fit may have been saved for another)."""
+    if n_states is not None:
+        if int(n_states) not in result.maps:
+            raise ValueError(
+                f"n_states={n_states} is infeasible for this experiment; "
+                f"feasible: {sorted(result.maps)}"
+            )
+        result.selected_n = int(n_states)
+    else:
+        result.selected_n = select_n(result.sweep, criterion)
+    result.params = {**result.params, "criterion": criterion, "n_states": n_states}
+    return result
+
+
+def fit_prepared(
+    prepared: Prepared,
+    *,
+    experiment: str = "",
+    fingerprint: str = "",
+    max_states: int = 8,
+    restarts: int = 5,
+    cov: str = "diag",
+    criterion: str = DEFAULT_CRITERION,
+    n_states: int | None = None,
+    n_iter: int = 100,
+    tol: float = 1e-2,
+    threshold: float = 0.9,
+    workers: int = 2,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    progress: Callable[[float], None] | None = None,
+    seed: int = 0,
+    params: dict | None = None,
+) -> tuple[FitResult, dict[int, dict]]:
+    """Sweep, select and map already prepared runs; return the result and canonical arrays."""
+    X, lengths = prepared.stack(prepared.train)
+    X_held, lengths_held = prepared.stack(prepared.heldout)
+    selector = StateSelector(
+        max_states=max_states,
+        restarts=restarts,
+        covariance_type=cov,
+        criterion=criterion,
+        n_iter=n_iter,
+        tol=tol,
+        workers=workers,
+        backend=backend,
+        scheduler=scheduler,
+        random_state=seed,
+        progress=progress,
+    ).fit(X, lengths, X_held, lengths_held)
+    if not selector.models_:
+        raise ValueError(
+            "every fit failed (too few checkpoints or degenerate data); "
+            f"first error: {next((r['error'] for r in selector.records_ if r['error']), '?')}"
+        )
+    convergence = {
+        name: convergence_epoch(epochs, acc, threshold)
+        for name, epochs, acc in zip(prepared.run_names, prepared.epochs, prepared.accuracy)
+    }
+    maps, canonical = {}, {}
+    for n, arrays in selector.models_.items():
+        maps[n], canonical[n] = build_map(
+            arrays,
+            cov,
+            prepared.run_names,
+            prepared.X,
+            prepared.epochs,
+            prepared.feature_names,
+            convergence,
+        )
+    result = FitResult(
+        experiment=experiment,
+        fingerprint=fingerprint,
+        params=dict(params or {}),
+        feature_names=list(prepared.feature_names),
+        runs=list(prepared.run_names),
+        excluded_runs=dict(prepared.excluded),
+        sweep=selector.sweep_,
+        selected_n=selector.n_components_,
+        maps=maps,
+        warnings=list(prepared.warnings),
+    )
+    return _choose(result, criterion, n_states), canonical
+
+
+def fit_experiment(
+    root: str | os.PathLike,
+    experiment: str,
+    *,
+    features: Sequence[str] | None = None,
+    max_states: int = 8,
+    restarts: int = 5,
+    cov: str = "diag",
+    criterion: str = DEFAULT_CRITERION,
+    normalize: str = DEFAULT_NORMALIZE,
+    n_states: int | None = None,
+    workers: int = 2,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    progress: Callable[[float], None] | None = None,
+    seed: int = 0,
+    first_n: int | None = None,
+    heldout: float = 0.2,
+    n_iter: int = 100,
+    tol: float = 1e-2,
+    threshold: float = 0.9,
+    refit: bool = False,
+) -> FitResult:
+    """Fit HMMs over the runs of ``root/experiment`` (or load the saved fit).
+
+    Parameters
+    ----------
+    root, experiment : where the runs are (``ROOT/EXPERIMENT/RUN``).
+    features : metric columns to model (default: the 14 paper features present).
+    max_states : sweep n = 1..max_states.
+    restarts : random restarts per n; the best (held-out log-likelihood) is kept.
+    cov : "diag" or "full" covariance.
+    criterion : how n is selected: "icl", "bic_best", "bic_mean" (the paper),
+        "aic_best" or "heldout_ll"; see docs/selection.md for which works.
+    normalize : "pooled" or "per_run" z-scoring (the paper: per_run).
+    n_states : use this n instead of the criterion's choice (must be feasible).
+    workers : parallel fits (joblib ``n_jobs``; -1 = all cores).
+    backend : "loky" (local processes), "dask" (needs ``scheduler``),
+        "threading" or "sequential".
+    scheduler : dask.distributed scheduler address, e.g. "tcp://10.0.0.5:8786".
+    progress : called with the fraction of fits done (0..1), e.g. by the
+        dashboard's background job; 1.0 is reported also for a loaded fit.
+    seed : seed of the train/held-out split and of the restarts.
+    first_n : use only the first N checkpoints of every run.
+    heldout : fraction of runs held out for selection (split by run, not row).
+    n_iter, tol : EM iterations and tolerance per fit.
+    threshold : eval_acc that counts as converged (for convergence epochs).
+    refit : ignore a saved fit and compute again.
+
+    The criterion and ``n_states`` only choose among the saved maps, so
+    changing them never refits. Raises ValueError (with a message for the user)
+    for bad parameters, unusable runs or a sweep in which every fit failed.
+    """
+    from analysis import store
+    from trainer import rundir
+
+    key_params = _key_params(
+        features=features,
+        first_n=first_n,
+        normalize=normalize,
+        cov=cov,
+        max_states=max_states,
+        restarts=restarts,
+        seed=seed,
+        heldout=heldout,
+        n_iter=n_iter,
+        tol=tol,
+        threshold=threshold,
+    )
+    _check(key_params, criterion, n_states, backend, scheduler, workers)
+    # The fingerprint is taken before reading: if a run changes during the fit,
+    # the saved fit is keyed by the old state and the next request refits.
+    runs_fingerprint = rundir.experiment_fingerprint(root, experiment)
+    key = store.fit_key(runs_fingerprint, key_params)
+    if not refit:
+        found = store.find_fit(root, experiment, key)
+        if found is not None:
+            if progress is not None:
+                progress(1.0)
+            result = _choose(found[0], criterion, n_states)
+            result.loaded = True
+            return result
+    started = time.perf_counter()
+    prepared = prepare_experiment(
+        root,
+        experiment,
+        features=features,
+        first_n=first_n,
+        normalize=normalize,
+        heldout=heldout,
+        seed=seed,
+    )
+    result, canonical = fit_prepared(
+        prepared,
+        experiment=experiment,
+        fingerprint=key,
+        max_states=max_states,
+        restarts=restarts,
+        cov=cov,
+        criterion=criterion,
+        n_states=n_states,
+        n_iter=n_iter,
+        tol=tol,
+        threshold=threshold,
+        workers=workers,
+        backend=backend,
+        scheduler=scheduler,
+        progress=progress,
+        seed=seed,
+        params=key_params,
+    )
+    extra = {
+        "runs_fingerprint": runs_fingerprint,
+        "seconds": time.perf_counter() - started,
+        "scaling": {
+            "normalize": prepared.normalize,
+            "center": prepared.center.tolist() if normalize == "pooled" else None,
+            "scale": prepared.scale.tolist() if normalize == "pooled" else None,
+        },
+        "split": {
+            "train": [prepared.run_names[i] for i in prepared.train],
+            "heldout": [prepared.run_names[i] for i in prepared.heldout],
+        },
+    }
+    scaling = {"center": prepared.center, "scale": prepared.scale}
+    store.save_fit(root, experiment, result, {**canonical, 0: scaling}, extra)
+    return result
+
+
+def load_fit(
+    root: str | os.PathLike,
+    experiment: str,
+    *,
+    features: Sequence[str] | None = None,
+    max_states: int = 8,
+    restarts: int = 5,
+    cov: str = "diag",
+    criterion: str = DEFAULT_CRITERION,
+    normalize: str = DEFAULT_NORMALIZE,
+    n_states: int | None = None,
+    seed: int = 0,
+    first_n: int | None = None,
+    heldout: float = 0.2,
+    n_iter: int = 100,
+    tol: float = 1e-2,
+    threshold: float = 0.9,
+    **_ignored,
+) -> FitResult | None:
+    """The saved fit for exactly this request and the runs as they are now, or None.
+
+    Takes the same parameters as :func:`fit_experiment` (execution-only ones such
+    as ``workers`` or ``backend`` are accepted and ignored). Never computes: a
+    changed run, or parameters never fitted, give None.
+    """
+    from analysis import store
+    from trainer import rundir
+
+    key_params = _key_params(
+        features=features,
+        first_n=first_n,
+        normalize=normalize,
+        cov=cov,
+        max_states=max_states,
+        restarts=restarts,
+        seed=seed,
+        heldout=heldout,
+        n_iter=n_iter,
+        tol=tol,
+        threshold=threshold,
+    )
+    key = store.fit_key(rundir.experiment_fingerprint(root, experiment), key_params)
+    found = store.find_fit(root, experiment, key)
+    if found is None:
+        return None
+    result = _choose(found[0], criterion, n_states)
+    result.loaded = True
+    return result
+
+
+def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
+    """Saved fits of an experiment, newest first.
+
+    Each is a dict with ``key``, ``created_at``, ``params``, ``selected_n`` (by
+    the criterion it was fitted with), ``feasible_n``, ``n_runs``, ``path`` and
+    ``current`` (True if the runs have not changed since the fit).
+    """
+    from analysis import store
+    from trainer import rundir
+
+    now = rundir.experiment_fingerprint(root, experiment)
+    fits = store.list_saved(root, experiment)
+    for fit in fits:
+        fit["current"] = fit.pop("runs_fingerprint") == now
+    return fits
+
+
+def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> dict | None:
+    """Canonical model arrays (startprob, transmat, means, covars) of a saved fit."""
+    from analysis import store
+
+    found = store.read_fit(store.fits_dir(root, experiment) / result.fingerprint)
+    if found is None:
+        return None
+    n = result.selected_n if n is None else int(n)
+    arrays = found[1].get(n)
+    return None if arrays is None else {k: np.asarray(v) for k, v in arrays.items()}

@@ -1,0 +1,382 @@
+"""The model sweep: Gaussian HMMs for n = 1..max_states, several restarts each.
+
+METHOD.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
+sweep runs them in parallel through joblib (local processes by default, or a
+dask.distributed cluster). A fit that fails (degenerate covariance, too few
+points) is recorded as a failure in the sweep table and never stops the sweep.
+
+The estimator :class:`StateSelector` follows scikit-learn conventions (see
+STYLE.md section 2): ``__init__`` only stores parameters, ``fit`` validates,
+runs the sweep and returns ``self``; learned attributes end in ``_``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+COVARIANCE_TYPES = ("diag", "full")
+# "bic_best" etc. name a column of the sweep table and whether lower is better.
+CRITERIA = {
+    "bic_mean": ("bic_mean", "min"),  # the paper: held-out BIC averaged over restarts
+    "bic_best": ("bic_best", "min"),  # BIC of the best restart (the ML fit)
+    "aic_best": ("aic_best", "min"),
+    "heldout_ll": ("heldout_ll_best", "max"),
+    "icl": ("icl_best", "min"),
+}
+# Chosen by the selection study in docs/selection.md.
+DEFAULT_CRITERION = "icl"
+
+SWEEP_COLUMNS = [
+    "n",
+    "feasible",
+    "failures",
+    "converged",
+    "n_iter_mean",
+    "train_ll",
+    "heldout_ll_mean",
+    "heldout_ll_std",
+    "heldout_ll_best",
+    "aic_mean",
+    "aic_std",
+    "aic_best",
+    "bic_mean",
+    "bic_std",
+    "bic_best",
+    "icl_best",
+    "best_restart",
+    "n_params",
+    "seconds",
+]
+
+
+def n_parameters(n_states: int, n_features: int, covariance_type: str) -> int:
+    """Free parameters of a Gaussian HMM: start, transition, mean and covariance.
+
+    Start probabilities have n-1 free values, each transition row n-1, each
+    state a mean vector and a diagonal (F values) or full (F(F+1)/2) covariance.
+    Matches hmmlearn's ``_get_n_fit_scalars_per_param`` (tested).
+    """
+    n, f = n_states, n_features
+    cov = {"diag": n * f, "full": n * f * (f + 1) // 2, "spherical": n, "tied": f * (f + 1) // 2}
+    if covariance_type not in cov:
+        raise ValueError(f"unknown covariance_type {covariance_type!r}")
+    return (n - 1) + n * (n - 1) + n * f + cov[covariance_type]
+
+
+def make_model(arrays: dict, covariance_type: str):
+    """Rebuild a fitted ``GaussianHMM`` from plain arrays (no pickle involved)."""
+    from hmmlearn.hmm import GaussianHMM
+
+    means = np.asarray(arrays["means"], dtype=float)
+    model = GaussianHMM(n_components=len(means), covariance_type=covariance_type)
+    model.startprob_ = np.asarray(arrays["startprob"], dtype=float)
+    model.transmat_ = np.asarray(arrays["transmat"], dtype=float)
+    model.n_features = means.shape[1]  # hmmlearn needs it before covars_ is set
+    model.means_ = means
+    model.covars_ = np.asarray(arrays["covars"], dtype=float)
+    return model
+
+
+def model_arrays(model) -> dict[str, np.ndarray]:
+    """The parameters of a fitted ``GaussianHMM`` as plain arrays.
+
+    Covariances are stored in the model's own shape: (n, F) for diag, (n, F, F)
+    for full (hmmlearn's ``_covars_``).
+    """
+    return {
+        "startprob": np.array(model.startprob_, dtype=float),
+        "transmat": np.array(model.transmat_, dtype=float),
+        "means": np.array(model.means_, dtype=float),
+        "covars": np.array(model._covars_, dtype=float),
+    }
+
+
+def fit_one(
+    X: np.ndarray,
+    lengths: Sequence[int],
+    X_held: np.ndarray,
+    lengths_held: Sequence[int],
+    n_states: int,
+    restart: int,
+    *,
+    covariance_type: str = "diag",
+    n_iter: int = 100,
+    tol: float = 1e-2,
+    seed: int = 0,
+) -> dict:
+    """Fit one GaussianHMM and score it on the held-out runs. Never raises.
+
+    Returns a dict with ``ok`` (False with ``error`` on failure), the
+    train and held-out log-likelihoods, AIC, BIC and ICL on the held-out rows,
+    ``converged``, ``n_iter`` and the fitted ``arrays``.
+    """
+    from hmmlearn.hmm import GaussianHMM
+
+    started = time.perf_counter()
+    record = {"n": n_states, "restart": restart, "ok": False, "error": None}
+    n_features = X.shape[1]
+    p = n_parameters(n_states, n_features, covariance_type)
+    record["n_params"] = p
+    try:
+        # Too few points: fewer rows than states (k-means cannot start) or
+        # fewer train rows than free parameters (the fit is not identified).
+        if len(X) < n_states or len(X) <= p:
+            raise ValueError(f"too few points: {len(X)} train rows for {p} parameters")
+        model = GaussianHMM(
+            n_components=n_states,
+            covariance_type=covariance_type,
+            n_iter=n_iter,
+            tol=tol,
+            random_state=seed * 1000 + restart,
+        )
+        with warnings.catch_warnings():
+            # hmmlearn warns (not raises) on some degenerate cases; we check below.
+            warnings.simplefilter("ignore")
+            model.fit(X, lengths)
+            train_ll = float(model.score(X, lengths))
+            held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
+            held_ll, posteriors = model.score_samples(held, held_lengths)
+        arrays = model_arrays(model)
+        if not all(np.isfinite(v).all() for v in arrays.values()):
+            raise ValueError("degenerate fit: non-finite parameters")
+        if not (np.isfinite(train_ll) and np.isfinite(held_ll)):
+            raise ValueError("degenerate fit: non-finite log-likelihood")
+        T = len(held)
+        # ICL = BIC + 2 * entropy of the posterior state assignments: it
+        # penalises states whose assignments overlap (Biernacki et al. 2000).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = -np.nansum(np.where(posteriors > 0, posteriors * np.log(posteriors), 0.0))
+        record.update(
+            ok=True,
+            train_ll=train_ll,
+            heldout_ll=float(held_ll),
+            aic=-2 * held_ll + 2 * p,
+            bic=-2 * held_ll + p * math.log(T),
+            icl=-2 * held_ll + p * math.log(T) + 2 * float(entropy),
+            converged=bool(model.monitor_.converged),
+            n_iter=int(model.monitor_.iter),
+            arrays=arrays,
+        )
+    except Exception as error:  # a failed fit is data for the sweep table
+        record["error"] = f"{type(error).__name__}: {error}"
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
+    """One row per n from the per-(n, restart) records (NaN where infeasible)."""
+    rows = []
+    for n in range(1, max_states + 1):
+        mine = [r for r in records if r["n"] == n]
+        good = [r for r in mine if r["ok"]]
+        row = {c: np.nan for c in SWEEP_COLUMNS}
+        row.update(n=n, feasible=bool(good), failures=len(mine) - len(good))
+        row["n_params"] = mine[0]["n_params"] if mine else np.nan
+        row["seconds"] = float(sum(r["seconds"] for r in mine))
+        if good:
+            best = max(good, key=lambda r: r["heldout_ll"])  # the best restart (METHOD 2.5)
+            for key in ("heldout_ll", "aic", "bic"):
+                values = np.array([r[key] for r in good])
+                row[f"{key}_mean"] = float(values.mean())
+                row[f"{key}_std"] = float(values.std())
+                row[f"{key}_best"] = float(best[key])
+            row.update(
+                converged=int(sum(r["converged"] for r in good)),
+                n_iter_mean=float(np.mean([r["n_iter"] for r in good])),
+                train_ll=float(best["train_ll"]),
+                icl_best=float(best["icl"]),
+                best_restart=int(best["restart"]),
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    table["n"] = table["n"].astype(int)
+    table["feasible"] = table["feasible"].astype(bool)
+    table["failures"] = table["failures"].astype(int)
+    return table
+
+
+def select_n(table: pd.DataFrame, criterion: str = DEFAULT_CRITERION) -> int:
+    """The n the criterion picks among feasible rows of a sweep table."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    column, direction = CRITERIA[criterion]
+    feasible = table[table["feasible"] & table[column].notna()]
+    if feasible.empty:
+        raise ValueError("no feasible number of states in the sweep")
+    values = feasible[column].to_numpy()
+    # Ties go to the smaller n (rows are in increasing n).
+    pick = int(np.argmin(values)) if direction == "min" else int(np.argmax(values))
+    return int(feasible["n"].iloc[pick])
+
+
+def run_sweep(
+    X: np.ndarray,
+    lengths: Sequence[int],
+    X_held: np.ndarray,
+    lengths_held: Sequence[int],
+    *,
+    max_states: int = 8,
+    restarts: int = 5,
+    covariance_type: str = "diag",
+    n_iter: int = 100,
+    tol: float = 1e-2,
+    seed: int = 0,
+    workers: int = 2,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    progress: Callable[[float], None] | None = None,
+    progress_bar: bool | None = None,
+    states: Sequence[int] | None = None,
+) -> list[dict]:
+    """Fit every (n, restart) in parallel; return the records of :func:`fit_one`.
+
+    ``backend`` is a joblib backend ("loky" local processes, "threading",
+    "sequential") or "dask", which connects to the dask.distributed scheduler at
+    ``scheduler`` (e.g. "tcp://127.0.0.1:8786"). ``progress(fraction)`` is called
+    after every finished fit; ``progress_bar`` shows a tqdm bar (None: only on
+    a terminal). ``states`` restricts the sweep to some n (default 1..max_states).
+    """
+    import joblib
+    from tqdm.auto import tqdm
+
+    states = list(states) if states is not None else list(range(1, max_states + 1))
+    # Largest n first: they take longest, so the pool stays busy to the end.
+    tasks = [(n, r) for n in sorted(states, reverse=True) for r in range(restarts)]
+    kwargs = dict(covariance_type=covariance_type, n_iter=n_iter, tol=tol, seed=seed)
+    job = joblib.delayed(fit_one)
+    calls = [job(X, lengths, X_held, lengths_held, n, r, **kwargs) for n, r in tasks]
+
+    client = None
+    if backend == "dask":
+        if not scheduler:
+            raise ValueError("backend 'dask' needs a scheduler address (e.g. tcp://host:8786)")
+        from dask.distributed import Client
+
+        client = Client(scheduler)
+        context = joblib.parallel_config(backend="dask")
+    else:
+        context = joblib.parallel_config(backend=backend)
+    records = []
+    if progress_bar is None:  # a bar only where someone watches (a terminal)
+        progress_bar = sys.stderr.isatty()
+    bar = tqdm(total=len(tasks), desc="HMM sweep", unit="fit", disable=not progress_bar)
+    try:
+        with context:
+            parallel = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")
+            for record in parallel(calls):
+                records.append(record)
+                bar.update(1)
+                if progress is not None:
+                    progress(len(records) / len(tasks))
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+    records.sort(key=lambda r: (r["n"], r["restart"]))
+    return records
+
+
+class StateSelector:
+    """Fit Gaussian HMMs for n = 1..max_states and pick n by a criterion.
+
+    Parameters
+    ----------
+    max_states : largest number of states tried.
+    restarts : random restarts per n (different ``random_state``).
+    covariance_type : "diag" or "full".
+    criterion : one of :data:`CRITERIA` (default :data:`DEFAULT_CRITERION`).
+    n_states : use this n instead of the criterion's choice.
+    n_iter, tol : EM iterations and convergence tolerance per fit (hmmlearn's).
+    workers, backend, scheduler : parallelism (see :func:`run_sweep`).
+    random_state : seed of the restarts.
+
+    ``fit(X, lengths, X_heldout, lengths_heldout)`` takes the train runs and the
+    held-out runs (each as stacked rows plus per-run lengths) and sets
+    ``records_`` (every fit), ``sweep_`` (the table), ``n_components_`` (the
+    selected n) and ``models_`` (best restart's parameters per feasible n).
+    """
+
+    def __init__(
+        self,
+        max_states=8,
+        restarts=5,
+        covariance_type="diag",
+        criterion=DEFAULT_CRITERION,
+        n_states=None,
+        n_iter=100,
+        tol=1e-2,
+        workers=2,
+        backend="loky",
+        scheduler=None,
+        random_state=0,
+        progress=None,
+    ):
+        self.max_states = max_states
+        self.restarts = restarts
+        self.covariance_type = covariance_type
+        self.criterion = criterion
+        self.n_states = n_states
+        self.n_iter = n_iter
+        self.tol = tol
+        self.workers = workers
+        self.backend = backend
+        self.scheduler = scheduler
+        self.random_state = random_state
+        self.progress = progress
+
+    def fit(self, X, lengths, X_heldout=None, lengths_heldout=None):
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or not np.isfinite(X).all():
+            raise ValueError("X must be a finite 2-D array (rows = checkpoints)")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {sorted(CRITERIA)}")
+        if int(self.max_states) < 1 or int(self.restarts) < 1:
+            raise ValueError("max_states and restarts must be at least 1")
+        if self.n_states is not None and not 1 <= int(self.n_states) <= int(self.max_states):
+            raise ValueError(f"n_states must be in 1..max_states={self.max_states}")
+        if X_heldout is None:
+            X_heldout, lengths_heldout = np.empty((0, X.shape[1])), []
+        self.records_ = run_sweep(
+            X,
+            list(lengths),
+            np.asarray(X_heldout, dtype=float),
+            list(lengths_heldout),
+            max_states=int(self.max_states),
+            restarts=int(self.restarts),
+            covariance_type=self.covariance_type,
+            n_iter=self.n_iter,
+            tol=self.tol,
+            seed=self.random_state,
+            workers=self.workers,
+            backend=self.backend,
+            scheduler=self.scheduler,
+            progress=self.progress,
+        )
+        self.sweep_ = sweep_table(self.records_, int(self.max_states))
+        self.models_ = best_models(self.records_, self.sweep_)
+        if self.n_states is not None:
+            self.n_components_ = int(self.n_states)
+        else:
+            self.n_components_ = select_n(self.sweep_, self.criterion)
+        return self
+
+
+def best_models(records: Sequence[dict], table: pd.DataFrame) -> dict[int, dict]:
+    """The best restart's arrays for every feasible n."""
+    out = {}
+    for row in table.itertuples():
+        if row.feasible:
+            record = next(
+                r for r in records if r["n"] == row.n and r["restart"] == row.best_restart
+            )
+            out[int(row.n)] = record["arrays"]
+    return out

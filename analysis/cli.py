@@ -1,15 +1,165 @@
-"""``trainmap fit``: not built yet (issue 4)."""
+"""``trainmap fit ROOT/EXPERIMENT``: fit HMMs over an experiment's runs and print the map.
+
+Imported by ``trainer/cli.py`` for every ``trainmap`` command, so it must import
+cheaply: the analysis itself (numpy, hmmlearn, joblib) is imported in ``main``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Not available yet: tracked in issue 4."
+    parser.add_argument("target", metavar="ROOT/EXPERIMENT", help="experiment directory")
+    parser.add_argument("--max-states", type=int, default=8, help="try n = 1..N (default 8)")
+    parser.add_argument("--restarts", type=int, default=5, help="restarts per n (default 5)")
+    parser.add_argument("--cov", choices=("diag", "full"), default="diag")
+    parser.add_argument(
+        "--features",
+        help="comma-separated metric columns (default: the 14 paper weight metrics)",
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=("icl", "bic_best", "bic_mean", "aic_best", "heldout_ll"),
+        default=None,
+        help="how n is selected (default: the best in docs/selection.md; bic_mean = paper)",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=("pooled", "per_run"),
+        default=None,
+        help="z-scoring over all runs or within each run (per_run = paper)",
+    )
+    parser.add_argument("--n-states", type=int, help="use this n instead of the criterion's")
+    parser.add_argument("--first-n", type=int, help="use only the first N checkpoints of a run")
+    parser.add_argument("--threshold", type=float, default=0.9, help="eval_acc of convergence")
+    parser.add_argument("--seed", type=int, default=0, help="split and restart seed")
+    parser.add_argument("--workers", type=int, default=2, help="parallel fits (default 2)")
+    parser.add_argument(
+        "--backend", choices=("loky", "dask", "threading", "sequential"), default="loky"
+    )
+    parser.add_argument("--scheduler", help="dask scheduler address, for --backend dask")
+    parser.add_argument("--refit", action="store_true", help="ignore a saved fit")
+
+
+def _fmt(value, digits=1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_sweep(result) -> str:
+    """The sweep table as aligned text, the selected n marked with '*'."""
+    lines = [
+        f"{'n':>3} {'ok':>3} {'fail':>4} {'heldout LL (mean±std)':>24} {'best LL':>10} "
+        f"{'AIC best':>10} {'BIC mean':>10} {'BIC best':>10} {'ICL':>10}"
+    ]
+    for row in result.sweep.itertuples():
+        mark = "*" if row.n == result.selected_n else " "
+        ll = f"{_fmt(row.heldout_ll_mean)}±{_fmt(row.heldout_ll_std)}" if row.feasible else "failed"
+        lines.append(
+            f"{row.n:>2}{mark} {row.converged if row.feasible else 0:>3.0f} {row.failures:>4} "
+            f"{ll:>24} {_fmt(row.heldout_ll_best):>10} {_fmt(row.aic_best):>10} "
+            f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10}"
+        )
+    return "\n".join(lines)
+
+
+def format_map(training_map) -> str:
+    """A text summary of a training map: nodes, edges with top features, detours."""
+    m = training_map
+    lines = [f"states ({m.n_states}):"]
+    for s in m.states:
+        flags = []
+        if s.start_runs:
+            flags.append(f"start of {s.start_runs} runs")
+        if s.end_runs:
+            flags.append(f"end of {s.end_runs} runs")
+        if s.is_detour:
+            flags.append("DETOUR")
+        lines.append(
+            f"  state {s.state}: occupancy {s.occupancy:.2f}, self {s.self_prob:.3f}, "
+            f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
+            + (f" [{', '.join(flags)}]" if flags else "")
+        )
+    lines.append(f"edges ({len(m.edges)}):")
+    for e in m.edges:
+        conv = _fmt(e.mean_convergence_epoch)
+        features = ", ".join(
+            f"{f.feature} {'↑' if f.delta_z > 0 else '↓'}{abs(f.delta_z):.2f}z"
+            for f in e.top_features
+        )
+        lines.append(
+            f"  {e.source} -> {e.target}: p={e.prob:.3f}, {e.n_runs} runs, "
+            f"mean convergence epoch {conv}; drivers: {features}"
+        )
+    detours = [s.state for s in m.states if s.is_detour]
+    lines.append(f"detour states: {detours if detours else 'none'}")
+    reg = m.regression
+    censored = sum(v is None for v in m.convergence_epoch.values())
+    lines.append(
+        f"convergence ~ occupancy: R² {_fmt(reg.get('r2'), 3)}, "
+        f"p {_fmt(reg.get('p_value'), 4) if reg.get('p_value') is not None else '-'}, "
+        f"{reg.get('n_runs', 0)} converged runs, {censored} censored (never reached threshold)"
+    )
+    lines.append(f"trajectory dissimilarity (mean pairwise TV): {m.dissimilarity:.3f}")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    from analysis import api
+    from analysis.model import DEFAULT_CRITERION
+    from analysis.prepare import DEFAULT_NORMALIZE
+    from trainer import rundir
     from trainer.errors import UserError
 
-    raise UserError("'trainmap fit' is not available yet (issue 4)")
+    target = Path(args.target)
+    root, experiment = target.parent, target.name
+    if not experiment or not target.is_dir():
+        raise UserError(f"{args.target} is not an experiment directory (expected ROOT/EXPERIMENT)")
+    features = None
+    if args.features:
+        features = [f.strip() for f in args.features.split(",") if f.strip()]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = api.fit_experiment(
+                root,
+                experiment,
+                features=features,
+                max_states=args.max_states,
+                restarts=args.restarts,
+                cov=args.cov,
+                criterion=args.criterion or DEFAULT_CRITERION,
+                normalize=args.normalize or DEFAULT_NORMALIZE,
+                n_states=args.n_states,
+                workers=args.workers,
+                backend=args.backend,
+                scheduler=args.scheduler,
+                seed=args.seed,
+                first_n=args.first_n,
+                threshold=args.threshold,
+                refit=args.refit,
+            )
+    except (ValueError, rundir.RunDirError) as error:
+        raise UserError(str(error)) from None
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"warning: {warning.message}")
+    params = result.params
+    print(
+        f"experiment {experiment}: {len(result.runs)} runs, {len(result.feature_names)} features "
+        f"({', '.join(result.feature_names)}), normalize={params['normalize']}, cov={params['cov']}"
+        + (" [loaded saved fit]" if result.loaded else "")
+    )
+    for run, why in sorted(result.excluded_runs.items()):
+        print(f"  {run}: {why}")
+    print(format_sweep(result))
+    how = "given" if params.get("n_states") is not None else f"by {params['criterion']}"
+    print(f"selected n = {result.selected_n} ({how})")
+    print(format_map(result.map()))
+    return 0

@@ -421,7 +421,10 @@ def map_stylesheet() -> list[dict]:
             },
         },
         {"selector": "edge.onpath", "style": {"line-color": "#D55E00", "opacity": 1}},
-        {"selector": "node.onpath", "style": {"overlay-color": "#D55E00", "overlay-opacity": 0.15}},
+        {
+            "selector": "node.onpath",
+            "style": {"color": "#D55E00", "font-weight": "bold", "font-size": 18},
+        },
         {"selector": "edge:selected", "style": {"line-color": "#333"}},
     ]
 

@@ -177,7 +177,7 @@ def hover_edge(edge):
         html.H5(f"{edge['source'].upper()} → {edge['target'].upper()}  (p = {edge['prob']:.3f})"),
         html.P(
             f"{edge['n_runs']} runs take it ({edge['n_transitions']} times); "
-            f"their mean convergence epoch: {conv if conv is not None else 'n/a'}"
+            f"their mean convergence epoch: {f'{conv:.1f}' if conv is not None else 'n/a'}"
         ),
         html.Table(
             [html.Thead(html.Tr([html.Th("feature"), html.Th(""), html.Th("change")]))]

@@ -1,0 +1,273 @@
+"""The dashboard in a real browser (headless Debian chromium through dash_duo).
+
+Run with ``pytest --headless``. One fixture experiment (8 synthetic runs x 120
+checkpoints plus a broken run) with a saved fit whose maps are known exactly
+(see test_app_support.py) is served in-process; the tests open every page,
+hover map edges and nodes, click another n, select runs and reload deep links,
+and check that the browser console stays free of errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions.action_builder import ActionBuilder
+from selenium.webdriver.common.by import By
+from test_app_support import EXPERIMENT, make_root, truth_fit
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "docs" / "training-map.png"
+
+# Chromium writes a profile and caches under these; keep them out of the home.
+_XDG = tempfile.mkdtemp(prefix="trainmap-xdg-")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_XDG, "config")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_XDG, "cache")
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    truth = make_root(root)
+    yield root, truth
+    shutil.rmtree(_XDG, ignore_errors=True)
+
+
+@pytest.fixture
+def dash_app(fixture_root, tmp_path, monkeypatch):
+    from app import data
+    from app.main import create_app
+
+    root, truth = fixture_root
+    fit = truth_fit(truth)
+    monkeypatch.setattr(data, "_load_fit_uncached", lambda r, e: fit if e == EXPERIMENT else None)
+    return create_app(root, cache_dir=tmp_path / "cache"), truth, fit
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def cy_count(dash_duo, selector: str) -> int:
+    return dash_duo.driver.execute_script(
+        "const el = document.getElementById('map-graph');"
+        "if (!el || !el._cyreg || !el._cyreg.cy) return -1;"
+        f"return el._cyreg.cy.elements('{selector}').length;"
+    )
+
+
+def wait_map(dash_duo, nodes: int, edges: int, timeout=10):
+    dash_duo.wait_for_element("#map-graph canvas", timeout=timeout)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = (cy_count(dash_duo, "node"), cy_count(dash_duo, "edge"))
+        if got == (nodes, edges):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"map shows {got} nodes/edges, expected {(nodes, edges)}")
+
+
+def wait_for(predicate, timeout=10, message="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def query(dash_duo) -> dict:
+    parsed = urlparse(dash_duo.driver.current_url)
+    return {k: v[0] for k, v in parse_qs(parsed.query).items()}
+
+
+def hover_edge_with_pointer(dash_duo, edge_id: str):
+    """A real pointer move over the edge's rendered midpoint."""
+    x, y = dash_duo.driver.execute_script(
+        "const el = document.getElementById('map-graph');"
+        "const cy = el._cyreg.cy; const mid = cy.getElementById(arguments[0]).renderedMidpoint();"
+        "const box = el.getBoundingClientRect();"
+        "return [box.left + mid.x, box.top + mid.y];",
+        edge_id,
+    )
+    actions = ActionBuilder(dash_duo.driver)
+    actions.pointer_action.move_to_location(int(x) + 5, int(y) + 5)
+    actions.pointer_action.move_to_location(int(x), int(y))
+    actions.perform()
+
+
+def click_selection_point(dash_duo, graph_id: str, n: int):
+    """Click the BIC marker for ``n`` like a user: at its position on screen."""
+    points = dash_duo.driver.find_elements(
+        By.CSS_SELECTOR, f"#{graph_id} .scatterlayer .trace:nth-of-type(2) .points path"
+    )
+    assert len(points) >= n, f"expected >= {n} BIC points, found {len(points)}"
+    ActionChains(dash_duo.driver).move_to_element(points[n - 1]).click().perform()
+
+
+def nav(dash_duo, name: str):
+    dash_duo.driver.find_element(By.LINK_TEXT, name).click()
+
+
+def assert_no_console_errors(dash_duo):
+    errors = [entry for entry in dash_duo.get_logs() if entry.get("level") == "SEVERE"]
+    assert errors == [], errors
+
+
+# ------------------------------------------------------------------- tests
+
+
+def test_journey_runs_map_selection_curves(dash_duo, dash_app):
+    app, truth, fit = dash_app
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(app)
+
+    # Runs: every run, the broken one with its reason, convergence from the fit.
+    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
+    table = dash_duo.find_element("#runs-table").text
+    assert "broken" in table and "meta.json is not valid JSON" in table
+    assert "completed" in table
+    first_converged = next(c for c in truth.convergence_epoch if c is not None)
+    assert str(first_converged) in table
+    dash_duo.wait_for_contains_text("#runs-counts", "9 runs")
+    # Select seed-1 (rows sorted by name: seed-0, seed-1, ...).
+    radios = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#runs-table input[type=radio]")
+    radios[1].click()
+    wait_for(lambda: query(dash_duo).get("run") == "seed-1", message="run in the URL")
+
+    # Training map: the selected n = 4 from the fit, with the run highlighted.
+    nav(dash_duo, "Training map")
+    tmap = fit.map(4)
+    wait_map(dash_duo, nodes=len(tmap.states), edges=len(tmap.edges))
+    assert dash_duo.find_element("#map-run").text.strip().startswith("seed-1")
+    on_path = set(tmap.paths["seed-1"])
+    wait_for(lambda: cy_count(dash_duo, "node.onpath") == len(on_path), message="highlighted path")
+    # Marks: the start state (0), the end state (3) and the detour (2).
+    assert cy_count(dash_duo, "node.start") >= 1 and cy_count(dash_duo, "node.end") >= 1
+    assert cy_count(dash_duo, "node.detour") == sum(s.is_detour for s in tmap.states)
+
+    # Hover an edge with a real pointer move: its features, arrows and z changes.
+    edge = max(tmap.edges, key=lambda e: e.n_runs)
+    hover_edge_with_pointer(dash_duo, f"e{edge.source}-{edge.target}")
+    dash_duo.wait_for_contains_text("#map-hover-edge", f"{edge.n_runs} runs take it", timeout=5)
+    text = dash_duo.find_element("#map-hover-edge").text
+    top = edge.top_features[0]
+    assert top.feature in text
+    assert ("↑" if top.delta_z > 0 else "↓") in text and f"{top.delta_z:+.2f} z" in text
+    if edge.mean_convergence_epoch is not None:
+        assert f"{round(edge.mean_convergence_epoch, 1)}" in text
+
+    # Hover a node through Cytoscape's own event: its feature profile.
+    dash_duo.driver.execute_script(
+        "document.getElementById('map-graph')._cyreg.cy.getElementById('s2').emit('mouseover');"
+    )
+    dash_duo.wait_for_contains_text("#map-hover-node", "occupancy", timeout=5)
+    node_text = dash_duo.find_element("#map-hover-node").text
+    assert "S2" in node_text and "detour" in node_text
+    best = max(tmap.states[2].profile.items(), key=lambda kv: abs(kv[1]))
+    assert best[0] in node_text
+
+    # The README's screenshot: map plus the hover panel.
+    time.sleep(0.5)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    dash_duo.find_element(".map-row").screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    # Click n = 2 on the small selection plot: the map follows.
+    click_selection_point(dash_duo, "map-selection", 2)
+    wait_map(dash_duo, nodes=2, edges=len(fit.map(2).edges))
+    wait_for(lambda: query(dash_duo).get("n") == "2", message="n=2 in the URL")
+
+    # Metric curves: the chosen run arrives through the URL, shaded by its states.
+    nav(dash_duo, "Metric curves")
+    dash_duo.wait_for_element("#curves-graph .main-svg", timeout=10)
+    shapes = wait_for(
+        lambda: dash_duo.driver.execute_script(
+            "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+            "return g && g.layout && g.layout.shapes ? g.layout.shapes.length : 0;"
+        ),
+        message="shaded phases",
+    )
+    segments = 1 + sum(
+        a != b for a, b in zip(fit.map(2).paths["seed-1"][:-1], fit.map(2).paths["seed-1"][1:])
+    )
+    assert shapes == 2 * segments - 1  # a rectangle per stretch, a line per transition
+    rendered = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#curves-graph .shapelayer path")
+    assert len(rendered) >= shapes
+    assert query(dash_duo)["run"] == "seed-1" and query(dash_duo)["n"] == "2"
+    assert_no_console_errors(dash_duo)
+
+
+def test_deep_links_reload(dash_duo, dash_app):
+    app, truth, fit = dash_app
+    dash_duo.start_server(app)
+    base = dash_duo.server_url
+
+    dash_duo.driver.get(f"{base}/map?experiment={EXPERIMENT}&n=3&run=seed-2&metric=l2")
+    tmap = fit.map(3)
+    wait_map(dash_duo, nodes=3, edges=len(tmap.edges))
+    wait_for(
+        lambda: cy_count(dash_duo, "node.onpath") == len(set(tmap.paths["seed-2"])),
+        message="seed-2 highlighted",
+    )
+    # Reload: the same view comes back, and the metric survives on the way.
+    dash_duo.driver.refresh()
+    wait_map(dash_duo, nodes=3, edges=len(tmap.edges))
+    assert query(dash_duo) == {"experiment": EXPERIMENT, "n": "3", "run": "seed-2", "metric": "l2"}
+
+    dash_duo.driver.get(f"{base}/curves?experiment={EXPERIMENT}&n=3&run=seed-2&metric=l2")
+    dash_duo.wait_for_contains_text("#curves-metric", "l2", timeout=10)
+    dash_duo.wait_for_contains_text("#curves-run", "seed-2")
+    wait_for(
+        lambda: dash_duo.driver.execute_script(
+            "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+            "return g && g.layout && g.layout.yaxis && g.layout.yaxis.title"
+            " && g.layout.yaxis.title.text === 'l2' && (g.layout.shapes || []).length > 0;"
+        ),
+        message="l2 curve with phases",
+    )
+
+    # Model selection: a click on n = 2 chooses it and goes into the URL.
+    dash_duo.driver.get(f"{base}/selection?experiment={EXPERIMENT}")
+    dash_duo.wait_for_contains_text("#selection-chosen", "n = 4", timeout=10)
+    click_selection_point(dash_duo, "selection-graph", 2)
+    dash_duo.wait_for_contains_text("#selection-chosen", "n = 2", timeout=5)
+    wait_for(lambda: query(dash_duo).get("n") == "2", message="n=2 in the URL")
+    nav(dash_duo, "Training map")
+    wait_map(dash_duo, nodes=2, edges=len(fit.map(2).edges))
+
+    # Names from the URL that do not exist (or try to leave the root) are ignored.
+    dash_duo.driver.get(f"{base}/map?experiment=..%2F..%2Fetc&n=99&run=..%2Fx")
+    wait_map(dash_duo, nodes=4, edges=len(fit.map(4).edges))
+    assert query(dash_duo)["experiment"] == EXPERIMENT
+    assert_no_console_errors(dash_duo)
+
+
+def test_experiment_without_fit_shows_command(dash_duo, fixture_root, tmp_path):
+    from test_app_support import make_root as make
+
+    from app.main import create_app
+
+    root = tmp_path / "root"
+    root.mkdir()
+    make(root, n_runs=2, n_checkpoints=20, experiment="unfitted")
+    dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache"))
+    dash_duo.driver.get(f"{dash_duo.server_url}/selection")
+    dash_duo.wait_for_contains_text("#selection-command", "trainmap fit", timeout=10)
+    command = dash_duo.find_element("#selection-command").text
+    assert command == f"trainmap fit {root.resolve() / 'unfitted'}"
+    nav(dash_duo, "Training map")
+    dash_duo.wait_for_contains_text("#map-message", "trainmap fit", timeout=10)
+    nav(dash_duo, "Runs")
+    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
+    assert json.loads(dash_duo.driver.execute_script("return JSON.stringify(1)")) == 1
+    assert_no_console_errors(dash_duo)

@@ -1,0 +1,84 @@
+"""Analysis maths against hmmlearn itself: parameter counts, BIC, filtered-posterior derivative."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hmmlearn.hmm import GaussianHMM
+
+from analysis.explain import filtered_posterior, posterior_gradient
+from analysis.model import fit_one, make_model, model_arrays, n_parameters
+from analysis.prepare import zscore
+from analysis.synthetic import make_synthetic
+
+
+def small_data(n_runs=6, n_checkpoints=80, n_features=4, seed=3):
+    truth = make_synthetic(n_runs, n_checkpoints, seed=seed, n_states=3, n_features=n_features)
+    X = [zscore(x)[0] for x in truth.X]
+    return X, truth
+
+
+@pytest.mark.parametrize("cov", ["diag", "full"])
+@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("n_features", [3, 14])
+def test_parameter_count_matches_hmmlearn(cov, n, n_features):
+    model = GaussianHMM(n_components=n, covariance_type=cov)
+    model.n_features = n_features
+    assert n_parameters(n, n_features, cov) == sum(model._get_n_fit_scalars_per_param().values())
+
+
+@pytest.mark.parametrize("cov", ["diag", "full"])
+def test_aic_bic_match_hmmlearn(cov):
+    X, _ = small_data()
+    train, held = np.concatenate(X[:4]), np.concatenate(X[4:])
+    lengths, held_lengths = [len(x) for x in X[:4]], [len(x) for x in X[4:]]
+    record = fit_one(train, lengths, held, held_lengths, 3, 0, covariance_type=cov, n_iter=20)
+    assert record["ok"], record["error"]
+    model = make_model(record["arrays"], cov)
+    assert record["heldout_ll"] == pytest.approx(model.score(held, held_lengths), rel=1e-9)
+    assert record["bic"] == pytest.approx(model.bic(held, held_lengths), rel=1e-9)
+    assert record["aic"] == pytest.approx(model.aic(held, held_lengths), rel=1e-9)
+    # ICL adds twice the posterior entropy, so it is never below BIC.
+    assert record["icl"] >= record["bic"]
+
+
+@pytest.mark.parametrize("cov", ["diag", "full"])
+def test_derivative_matches_finite_differences_of_hmmlearn_posterior(cov):
+    X, _ = small_data()
+    model = GaussianHMM(3, covariance_type=cov, n_iter=15, random_state=0)
+    model.fit(np.concatenate(X), [len(x) for x in X])
+    run = X[0]
+    ours = filtered_posterior(model, run)
+    for t in (0, 5, 40, 79):
+        # hmmlearn's own filtered posterior at t: the smoothed posterior of the
+        # last row of the prefix z_1..t.
+        prefix = run[: t + 1].copy()
+        theirs = model.predict_proba(prefix)[-1]
+        assert np.allclose(ours[t], theirs, atol=1e-8)
+        for k in range(3):
+            if theirs[k] < 1e-6:  # log p is numerically flat-lined there
+                continue
+            grad = posterior_gradient(model, prefix[-1], theirs, k)
+            assert grad.shape == (run.shape[1],)  # a vector, not the reference's scalar
+            h = 1e-5
+            numeric = np.empty_like(grad)
+            for f in range(run.shape[1]):
+                up, down = prefix.copy(), prefix.copy()
+                up[-1, f] += h
+                down[-1, f] -= h
+                numeric[f] = (
+                    math.log(model.predict_proba(up)[-1][k])
+                    - math.log(model.predict_proba(down)[-1][k])
+                ) / (2 * h)
+            assert np.allclose(grad, numeric, rtol=1e-4, atol=1e-4), (t, k, grad, numeric)
+
+
+def test_model_arrays_round_trip_gives_same_likelihood():
+    X, _ = small_data()
+    stacked, lengths = np.concatenate(X), [len(x) for x in X]
+    for cov in ("diag", "full"):
+        model = GaussianHMM(3, covariance_type=cov, n_iter=10, random_state=1).fit(stacked, lengths)
+        rebuilt = make_model(model_arrays(model), cov)
+        assert rebuilt.score(stacked, lengths) == pytest.approx(model.score(stacked, lengths))

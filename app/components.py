@@ -57,3 +57,20 @@ def fit_missing(root: str, experiment: str) -> html.Div:
 
 def label(text: str, control) -> html.Label:
     return html.Label([html.Span(text, className="label-text"), control], className="field")
+
+
+def fit_warnings(root: str, experiment: str, overview: dict) -> html.Div | None:
+    """Say when the fit shown is older than the runs, and what analysis warned about."""
+    items = []
+    if overview.get("stale"):
+        items.append(
+            html.P(
+                [
+                    "The runs changed since this fit (still training?). Refit with ",
+                    html.Code(data.fit_command(root, experiment)),
+                ],
+                id="fit-stale",
+            )
+        )
+    items += [html.P(text, className="muted") for text in overview.get("warnings", [])]
+    return html.Div(items, className="notice") if items else None

@@ -206,10 +206,30 @@ def progress_frames(
 
 
 def _load_fit_uncached(root: str, experiment: str):
-    """The saved fit of an experiment through the analysis API (never computes)."""
-    import analysis  # the app draws fits, analysis computes and stores them
+    """The fit to show, through the analysis API (never computes), or None.
 
-    return analysis.load_fit(root, experiment)
+    The newest saved fit whose runs are unchanged is loaded with the parameters
+    it was made with (``trainmap fit`` options included). If every saved fit is
+    older than the runs (e.g. runs still training), the newest one is shown and
+    marked ``stale`` so the pages can say so.
+    """
+    import analysis  # the app draws fits, analysis computes and stores them
+    from analysis import store
+
+    saved = analysis.list_fits(root, experiment)
+    current = [fit for fit in saved if fit["current"]]
+    if current:
+        fit = analysis.load_fit(root, experiment, **current[0]["params"])
+        if fit is not None:
+            fit.stale = False
+            return fit
+    for candidate in saved:
+        found = store.find_fit(root, experiment, candidate["key"])
+        if found is not None:
+            fit = found[0]
+            fit.stale = True
+            return fit
+    return None
 
 
 @cache.memoize()
@@ -248,6 +268,8 @@ def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
         "feature_names": list(fit.feature_names),
         "params": dict(fit.params),
         "convergence": dict(selected.convergence_epoch),
+        "stale": bool(getattr(fit, "stale", False)),
+        "warnings": list(getattr(fit, "warnings", [])),
     }
 
 

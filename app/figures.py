@@ -207,6 +207,22 @@ def selection_figure(
                     row=1,
                     col=col,
                 )
+    if "icl_best" in frame and np.isfinite(frame["icl_best"].to_numpy(dtype=float)).any():
+        # ICL (BIC plus an entropy penalty) is analysis's default criterion.
+        fig.add_trace(
+            go.Scatter(
+                x=n,
+                y=frame["icl_best"].to_numpy(dtype=float),
+                customdata=n,
+                mode="lines+markers",
+                marker={"size": 7, "color": "#CC79A7"},
+                line={"color": "#CC79A7", "dash": "dot"},
+                name="ICL (best restart)",
+                hovertemplate="n=%{x}<br>ICL %{y:.4g}<extra>click to choose n</extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.update_xaxes(title_text="number of states n", dtick=1)
     fig.update_layout(
         height=height,

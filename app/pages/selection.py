@@ -94,9 +94,9 @@ def render(experiment, click, _fitted, chosen):
     if dash.ctx.triggered_id == "selection-graph" and click:
         chosen = data.parse_n(click["points"][0].get("x"), ns, chosen)
     params = overview["params"]
-    excluded = overview["excluded_runs"]
     info = html.Div(
         [
+            components.fit_warnings(root, experiment, overview),
             html.P(
                 [
                     f"Selected by {params.get('criterion', 'the criterion')}: n = {selected}. ",
@@ -109,9 +109,6 @@ def render(experiment, click, _fitted, chosen):
                 f"{len(overview['runs'])} runs, features: {', '.join(overview['feature_names'])}",
                 className="muted",
             ),
-            html.Ul([html.Li(f"{run}: {why}") for run, why in excluded.items()], className="muted")
-            if excluded
-            else None,
         ]
     )
     figure = figures.selection_figure(overview["sweep"], selected, chosen)
@@ -134,13 +131,11 @@ def sync_query(experiment, n, incoming, current):
 
 
 def _progress_reporter(set_progress):
-    """Adapt analysis's progress callback (done, total[, ...]) to the progress bar."""
+    """analysis reports the fraction of fits done (0..1); show it as a percentage."""
 
-    def report(*args, **kwargs):
-        numbers = [a for a in args if isinstance(a, (int, float))]
-        done = kwargs.get("done", numbers[0] if numbers else 0)
-        total = kwargs.get("total", numbers[1] if len(numbers) > 1 else 1)
-        set_progress((str(done), str(max(total, 1)), f"{done}/{total} fits"))
+    def report(fraction: float):
+        percent = int(round(100 * float(fraction)))
+        set_progress((str(percent), "100", f"{percent}% of the fits done"))
 
     return report
 
@@ -157,7 +152,7 @@ def fit_now(set_progress, clicks, experiment):
     experiment = data.valid_experiment(root, experiment)
     if experiment is None:
         return dash.no_update
-    set_progress(("0", "1", "fitting..."))
+    set_progress(("0", "100", "preparing the runs..."))
     analysis.fit_experiment(root, experiment, progress=_progress_reporter(set_progress))
     return clicks  # a new value makes render() reload: the fit is on disk now
 

@@ -48,7 +48,6 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 ],
                 className="controls",
             ),
-            html.Div(id="map-message"),
             html.Div(
                 [
                     html.Div(
@@ -65,6 +64,10 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                     ),
                     html.Div(
                         [
+                            # Messages go here, beside the map, not above it: a
+                            # block appearing above would move the map without
+                            # Cytoscape noticing, and hovering would miss.
+                            html.Div(id="map-message"),
                             html.H4("Hover an edge or a node"),
                             html.Div(id="map-hover-edge", className="hover-box"),
                             html.Div(id="map-hover-node", className="hover-box"),
@@ -122,6 +125,7 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
     runs = overview["runs"]
     run = current_run if current_run in runs else (requested_run if requested_run in runs else None)
     figure = figures.selection_figure(overview["sweep"], overview["selected_n"], n, height=300)
+    message = components.fit_warnings(root, experiment, overview)
     return (
         [
             {"label": f"{k}" + (" (selected)" if k == overview["selected_n"] else ""), "value": k}
@@ -130,7 +134,7 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
         n,
         [{"label": r, "value": r} for r in runs],
         run,
-        None,
+        message,
         figure,
         {},
     )

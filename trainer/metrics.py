@@ -1,0 +1,436 @@
+"""The metric registry: weight statistics per checkpoint, exactly as METHOD.md §1 defines them.
+
+Two kinds of small pure functions, each registered by a decorator, so adding a
+metric is adding one function:
+
+* **matrix metrics** take a batch of same-shape matrices ``(G, m, n)`` and their
+  singular values ``(G, k)`` and return one value per matrix ``(G,)``; the
+  column is the average over all matrices (``l1``, ``spectral``, ...);
+* **value metrics** take a flat tensor of values and return a scalar; they are
+  applied to all weights (``mean_w``) and to all biases (``mean_b``).
+
+:class:`WeightMetrics` finds the matrices and biases of the chosen hook points
+once, then on every call computes ONE ``torch.linalg.svdvals`` per matrix,
+batched across matrices of the same shape (a matrix and its transpose have the
+same singular values, l1, l2 and main diagonal, so ``(512, 128)`` and
+``(128, 512)`` share a batch). It writes the model-level columns (``l2``) and,
+per hook point, ``HOOK/l2``. Non-finite weights give NaN for every column and
+``finite=False``; they never reach the SVD (LAPACK may fail or hang on NaN).
+
+``grad_sym`` and ``dist_irr`` are modular-arithmetic metrics: they need the
+model's forward pass, not just its weights, so they are plain functions below
+that the modular-addition task calls.
+
+This module imports torch; ``trainer.rundir`` and the CLI modules do not.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainer.errors import UserError
+
+__all__ = [
+    "MATRIX_METRICS",
+    "VALUE_METRICS",
+    "WEIGHT_COLUMNS",
+    "SCALAR_COLUMNS",
+    "HookPointError",
+    "WeightMetrics",
+    "resolve_hook_points",
+    "grad_sym",
+    "dist_irr",
+]
+
+MatrixMetric = Callable[[Tensor, Tensor], Tensor]
+ValueMetric = Callable[[Tensor], Tensor]
+
+MATRIX_METRICS: dict[str, MatrixMetric] = {}
+VALUE_METRICS: dict[str, ValueMetric] = {}
+
+
+def matrix_metric(fn: MatrixMetric) -> MatrixMetric:
+    """Register ``fn(matrices (G, m, n), singular_values (G, k)) -> (G,)`` under its name."""
+    MATRIX_METRICS[fn.__name__] = fn
+    return fn
+
+
+def value_metric(fn: ValueMetric) -> ValueMetric:
+    """Register ``fn(values (N,)) -> scalar``; it becomes columns ``NAME_w`` and ``NAME_b``."""
+    VALUE_METRICS[fn.__name__] = fn
+    return fn
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, and 0 where the denominator is 0 (an all-zero matrix)."""
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / safe)
+
+
+# ----------------------------------------------------------- matrix metrics
+# Singular values come sorted in descending order, so sv[..., 0] is the largest.
+
+
+@matrix_metric
+def l1(w: Tensor, sv: Tensor) -> Tensor:
+    return w.abs().sum(dim=(-2, -1))
+
+
+@matrix_metric
+def l2(w: Tensor, sv: Tensor) -> Tensor:
+    return w.square().sum(dim=(-2, -1)).sqrt()  # Frobenius norm
+
+
+@matrix_metric
+def code_sparsity(w: Tensor, sv: Tensor) -> Tensor:
+    return _ratio(l1(w, sv), l2(w, sv))
+
+
+@matrix_metric
+def trace(w: Tensor, sv: Tensor) -> Tensor:
+    return w.diagonal(dim1=-2, dim2=-1).sum(dim=-1)  # first min(rows, cols) diagonal entries
+
+
+@matrix_metric
+def spectral(w: Tensor, sv: Tensor) -> Tensor:
+    return sv[..., 0]  # the 2-norm, from the same SVD: no second decomposition
+
+
+@matrix_metric
+def computational_sparsity(w: Tensor, sv: Tensor) -> Tensor:
+    return _ratio(trace(w, sv), spectral(w, sv))
+
+
+@matrix_metric
+def mean_sv(w: Tensor, sv: Tensor) -> Tensor:
+    return sv.mean(dim=-1)
+
+
+@matrix_metric
+def var_sv(w: Tensor, sv: Tensor) -> Tensor:
+    return sv.var(dim=-1, correction=0)  # ddof=0, as defined (not Bessel's)
+
+
+# ------------------------------------------------------------ value metrics
+
+
+@value_metric
+def mean(values: Tensor) -> Tensor:
+    return values.mean()
+
+
+@value_metric
+def median(values: Tensor) -> Tensor:
+    # numpy's median averages the two middle values for an even count, as the
+    # definition does (torch.median returns the lower one), and partitions in
+    # O(n), where torch.kthvalue was the slowest part of a checkpoint.
+    return torch.tensor(np.median(values.detach().cpu().numpy()))
+
+
+@value_metric
+def var(values: Tensor) -> Tensor:
+    return values.var(correction=0)
+
+
+WEIGHT_COLUMNS = (
+    *MATRIX_METRICS,
+    *(f"{name}_w" for name in VALUE_METRICS),
+    *(f"{name}_b" for name in VALUE_METRICS),
+)
+"""The 14 weight-statistics columns (the paper's HMM features), in METHOD.md order."""
+
+SCALAR_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc", "grad_sym", "dist_irr")
+"""The other 6 of the 20 metrics: logged by the training loop, not computed from weights."""
+
+
+# ------------------------------------------------------- finding the weights
+
+
+class HookPointError(UserError, ValueError):
+    """A hook point does not name a module of the model, or the module has no weights."""
+
+
+def resolve_hook_points(
+    model: nn.Module, patterns: Iterable[str] | None, include_gains: bool = False
+) -> list[str]:
+    """Expand hook-point names and globs into module names, in model order.
+
+    ``None`` means every module that directly owns a parameter. An unknown name
+    raises HookPointError listing close matches (or the valid names); a glob
+    must match at least one module with weights.
+    """
+    modules = dict(model.named_modules())
+    with_weights = [
+        name
+        for name, module in modules.items()
+        if name and _owned_parameters(module, include_gains)
+    ]
+    if patterns is None:
+        direct = [
+            name
+            for name, module in modules.items()
+            if name
+            and any(_kind(n, p, include_gains) for n, p in module.named_parameters(recurse=False))
+        ]
+        if not (direct or with_weights):
+            raise HookPointError(
+                "the model has no submodule with weights to use as a hook point "
+                "(wrap a bare layer in nn.Sequential)"
+            )
+        return direct or with_weights
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matched = [name for name in with_weights if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise HookPointError(
+                    f"hook point pattern {pattern!r} matches no module with weights; "
+                    f"valid names: {_listing(with_weights)}"
+                )
+        elif pattern in modules:
+            if not _owned_parameters(modules[pattern], include_gains):
+                raise HookPointError(
+                    f"hook point {pattern!r} has no weights (a {type(modules[pattern]).__name__} "
+                    f"owns no matrices or biases); modules with weights: {_listing(with_weights)}"
+                )
+            matched = [pattern]
+        else:
+            close = difflib.get_close_matches(pattern, [n for n in modules if n], n=5)
+            hint = f"did you mean {', '.join(close)}?" if close else ""
+            raise HookPointError(
+                f"unknown hook point {pattern!r}; {hint + ' ' if hint else ''}"
+                f"valid names: {_listing(with_weights)}"
+            )
+        chosen.extend(name for name in matched if name not in chosen)
+    return chosen
+
+
+def _listing(names: list[str], limit: int = 30) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _owned_parameters(module: nn.Module, include_gains: bool = False) -> list[tuple[str, Tensor]]:
+    """(name, parameter) pairs of ``module`` (recursively) that are matrices or biases."""
+    owned = []
+    for name, param in module.named_parameters():
+        if _kind(name, param, include_gains) is not None:
+            owned.append((name, param))
+    return owned
+
+
+def _kind(name: str, param: Tensor, include_gains: bool) -> str | None:
+    """'bias', 'matrix', 'gain' (a 1-D non-bias, only if asked for) or None (ignored)."""
+    if name.rsplit(".", 1)[-1] == "bias":
+        return "bias"
+    if param.dim() >= 2:
+        return "matrix"
+    if include_gains and param.dim() == 1:
+        return "gain"
+    return None
+
+
+@dataclass
+class _Matrix:
+    """One matrix for the metrics: a view of a parameter (conv kernels flattened, maybe one head)."""
+
+    param: Tensor
+    heads: int = 1  # split into this many matrices along ``head_dim``
+    head_dim: int = 0
+
+    def views(self) -> list[Tensor]:
+        w = self.param.detach()
+        w = w.reshape(w.shape[0], -1)  # conv (out, in, kh, kw) -> (out, in*kh*kw)
+        if self.heads == 1:
+            return [w]
+        return list(w.chunk(self.heads, dim=self.head_dim))
+
+
+class WeightMetrics:
+    """Computes the 14 weight-statistics columns for a model's hook points.
+
+    ``split_heads`` maps a parameter name (``blocks.0.attn.q.weight``) to a head
+    count, or to ``(heads, dim)`` to split along columns (``dim=1``, for an output
+    projection); each head is then a matrix of its own. ``include_gains`` adds
+    1-D non-bias parameters (norm gains) to the weight distribution (``mean_w``
+    etc.); they are never matrices.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        hook_points: Iterable[str] | None = None,
+        *,
+        split_heads: Mapping[str, int | tuple[int, int]] | None = None,
+        include_gains: bool = False,
+    ):
+        self.hook_points = resolve_hook_points(model, hook_points, include_gains)
+        modules = dict(model.named_modules())
+        split_heads = dict(split_heads or {})
+        names = {id(p): n for n, p in model.named_parameters()}
+        unknown = sorted(set(split_heads) - set(names.values()))
+        if unknown:
+            raise HookPointError(f"split_heads names unknown parameters: {', '.join(unknown)}")
+
+        # per hook point: (matrices, weight values, biases); a parameter owned by
+        # two hook points (``blocks.0`` and ``blocks.0.mlp``) counts once at model level.
+        self._per_hook: dict[str, tuple[list[_Matrix], list[Tensor], list[Tensor]]] = {}
+        seen: dict[int, tuple[str, Tensor]] = {}
+        for hook in self.hook_points:
+            matrices, weights, biases = [], [], []
+            for _, param in _owned_parameters(modules[hook], include_gains):
+                full_name = names[id(param)]
+                kind = _kind(full_name, param, include_gains)
+                seen.setdefault(id(param), (kind, param))
+                if kind == "bias":
+                    biases.append(param)
+                    continue
+                weights.append(param)
+                if kind == "matrix":
+                    heads, dim = _heads(split_heads.get(full_name, 1))
+                    if param.shape[dim] % heads:
+                        raise HookPointError(
+                            f"cannot split {full_name} {tuple(param.shape)} into {heads} heads"
+                        )
+                    matrices.append(_Matrix(param, heads, dim))
+            self._per_hook[hook] = (matrices, weights, biases)
+        unique = {id(m.param): m for ms, _, _ in self._per_hook.values() for m in ms}
+        self._model_level = (
+            list(unique.values()),
+            [p for kind, p in seen.values() if kind in ("matrix", "gain")],
+            [p for kind, p in seen.values() if kind == "bias"],
+        )
+        self.parameters = [p for _, p in seen.values()]
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters)
+
+    @torch.no_grad()
+    def compute(self) -> tuple[dict[str, float], bool]:
+        """Return (columns, finite): model-level and ``HOOK/metric`` columns.
+
+        With any non-finite weight every column is NaN and ``finite`` is False.
+        """
+        finite = self.is_finite()
+        groups = [("", self._model_level)]
+        groups += [(f"{hook}/", parts) for hook, parts in self._per_hook.items()]
+        if not finite:
+            nan = float("nan")
+            return {prefix + col: nan for prefix, _ in groups for col in WEIGHT_COLUMNS}, False
+
+        matrices = self._model_level[0]
+        table = _per_matrix_metrics(matrices)  # (views, metrics), rows in matrices' order
+        rows_of, first = {}, 0
+        for m in matrices:
+            rows_of[id(m.param)] = list(range(first, first + m.heads))
+            first += m.heads
+        row: dict[str, float] = {}
+        for prefix, (hook_matrices, weights, biases) in groups:
+            rows = [r for m in hook_matrices for r in rows_of[id(m.param)]]
+            means = table[rows].mean(dim=0).tolist() if rows else [math.nan] * len(MATRIX_METRICS)
+            row.update((prefix + name, value) for name, value in zip(MATRIX_METRICS, means))
+            for suffix, tensors in (("w", weights), ("b", biases)):
+                flat = _flat(tensors)
+                for name, fn in VALUE_METRICS.items():
+                    row[f"{prefix}{name}_{suffix}"] = float(fn(flat)) if flat.numel() else math.nan
+        return row, True
+
+
+def _heads(spec: int | tuple[int, int]) -> tuple[int, int]:
+    return (spec, 0) if isinstance(spec, int) else (int(spec[0]), int(spec[1]))
+
+
+def _flat(tensors: list[Tensor]) -> Tensor:
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).double()
+
+
+def _per_matrix_metrics(matrices: list[_Matrix]) -> Tensor:
+    """Every matrix metric for every matrix view: a (views, metrics) float64 table.
+
+    One batched svdvals per distinct shape. Rows follow ``matrices`` (and heads
+    within a matrix) in order.
+    """
+    # Orient every matrix tall (rows >= cols): all eight metrics are invariant
+    # under transposition, and same-shape matrices then share one batched SVD.
+    views = [view for m in matrices for view in m.views()]
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    talls = []
+    for position, view in enumerate(views):
+        tall = view if view.shape[0] >= view.shape[1] else view.T
+        talls.append(tall)
+        by_shape.setdefault(tuple(tall.shape), []).append(position)
+    table = torch.empty(len(views), len(MATRIX_METRICS), dtype=torch.float64)
+    for positions in by_shape.values():
+        stacked = torch.stack([talls[i] for i in positions])  # (G, m, n)
+        # The SVD runs in the weights' own dtype (the cost); the cheap sums and
+        # the statistics of the singular values run in float64 (the accuracy).
+        singular_values = torch.linalg.svdvals(stacked).double().cpu()  # (G, min(m, n))
+        stacked = stacked.double().cpu()
+        columns = [fn(stacked, singular_values) for fn in MATRIX_METRICS.values()]
+        table[positions] = torch.stack(columns, dim=1)
+    return table
+
+
+# ------------------------------------------------ modular-arithmetic metrics
+
+
+def grad_sym(model: nn.Module, p: int, n_samples: int = 100, seed: int = 0) -> float:
+    """Mean cosine similarity of d(correct logit)/d(embedding of a) and .../d(embedding of b).
+
+    Over ``n_samples`` pairs (a, b) drawn with ``seed``; the correct output is
+    c = (a + b) mod p. The model must provide ``embed_tokens(tokens)`` and
+    ``forward_embedded(x)`` (see ``trainer.tasks.modular``). Needs gradients, so
+    it does not run under ``no_grad``; parameter gradients are left untouched.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    a = torch.randint(0, p, (n_samples,), generator=generator).to(device)
+    b = torch.randint(0, p, (n_samples,), generator=generator).to(device)
+    tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # (N, 3): a, b, '='
+    was_training = model.training
+    model.eval()
+    with torch.enable_grad():
+        embedded = model.embed_tokens(tokens).detach().requires_grad_(True)  # (N, 3, d)
+        logits = model.forward_embedded(embedded)  # (N, p)
+        correct = logits.gather(1, ((a + b) % p).unsqueeze(1)).sum()
+        # samples are independent, so the gradient of the sum holds each sample's own gradient
+        (grad,) = torch.autograd.grad(correct, embedded)
+    model.train(was_training)
+    similarity = torch.nn.functional.cosine_similarity(grad[:, 0], grad[:, 1], dim=-1)
+    return float(similarity.double().mean())
+
+
+@torch.no_grad()
+def dist_irr(model: nn.Module, p: int) -> float:
+    """Distance irrelevance: how little the correct logit depends on a+b for fixed a-b.
+
+    With L[a+b mod p][a-b mod p] the correct-answer logit of (a, b), the mean over
+    columns of each column's std, divided by the std of all entries (ddof=0).
+    """
+    device = next(model.parameters()).device
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1).to(device), b.reshape(-1).to(device)
+    tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    was_training = model.training
+    model.eval()
+    logits = model(tokens).double()
+    model.train(was_training)
+    correct = logits.gather(1, ((a + b) % p).unsqueeze(1)).squeeze(1)
+    table = torch.empty(p, p, dtype=torch.float64, device=device)
+    table[(a + b) % p, (a - b) % p] = correct
+    total = table.std(correction=0)
+    if total == 0:
+        return 0.0
+    return float(table.std(dim=0, correction=0).mean() / total)

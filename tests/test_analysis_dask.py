@@ -1,0 +1,46 @@
+"""The sweep on a dask.distributed cluster gives the same table as local processes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.api import fit_prepared
+from analysis.prepare import prepare_frames
+from analysis.synthetic import PAPER_FEATURES, make_synthetic
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_dask_backend_matches_loky(cluster):
+    truth = make_synthetic(8, 60, seed=4, n_states=3, n_features=5)
+    frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
+    prepared = prepare_frames(frames, features=list(PAPER_FEATURES[:5]))
+    common = dict(max_states=3, restarts=2, workers=2, seed=3)
+    seen = []
+    on_dask, _ = fit_prepared(
+        prepared,
+        backend="dask",
+        scheduler=cluster.scheduler_address,
+        progress=seen.append,
+        **common,
+    )
+    local, _ = fit_prepared(prepared, backend="loky", **common)
+    pd.testing.assert_frame_equal(
+        on_dask.sweep.drop(columns="seconds"), local.sweep.drop(columns="seconds")
+    )
+    assert on_dask.selected_n == local.selected_n
+    assert on_dask.map().paths == local.map().paths
+    # progress reports a fraction after every fit, ending at 1
+    assert len(seen) == 6 and seen == sorted(seen) and seen[-1] == 1.0

@@ -44,7 +44,7 @@ FITS_DIR = ".fits"
 
 # Set by create_app: the root a background fit (a forked process without
 # Flask's app context) works in. Never taken from the browser.
-BACKGROUND: dict[str, str] = {}
+BACKGROUND: dict = {}
 
 
 def current_root() -> str:
@@ -303,5 +303,8 @@ def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | 
 
 
 def fit_command(root: str, experiment: str) -> str:
-    """The exact CLI command that fits an experiment."""
-    return f"trainmap fit {Path(root) / experiment}"
+    """The exact CLI command that fits an experiment (as the Fit now button does)."""
+    command = f"trainmap fit {Path(root) / experiment}"
+    for key, value in BACKGROUND.get("fit_params", {}).items():
+        command += f" --{key.replace('_', '-')} {value}"
+    return command

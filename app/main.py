@@ -122,11 +122,14 @@ def create_app(
     root: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     redis_url: str | None = None,
+    fit_params: dict | None = None,
 ) -> Dash:
     """Build the dashboard for ``root`` (default ``$TRAINMAP_ROOT``).
 
     The cache goes to Redis when ``redis_url`` (or ``$TRAINMAP_CACHE_REDIS_URL``)
     is set, else to files in ``cache_dir`` (or ``$TRAINMAP_CACHE_DIR``).
+    ``fit_params`` are keyword arguments for ``analysis.fit_experiment`` when a
+    user fits from the Model selection page (default: analysis's defaults).
     """
     root = root or os.environ.get("TRAINMAP_ROOT")
     if not root:
@@ -144,6 +147,7 @@ def create_app(
     # The fit runs in a forked process without Flask's app context; it reads the
     # root from here (one served root per process), never from the browser.
     data.BACKGROUND["root"] = str(root_path)
+    data.BACKGROUND["fit_params"] = dict(fit_params or {})
 
     @server.route("/health")
     def health():

@@ -153,7 +153,8 @@ def fit_now(set_progress, clicks, experiment):
     if experiment is None:
         return dash.no_update
     set_progress(("0", "100", "preparing the runs..."))
-    analysis.fit_experiment(root, experiment, progress=_progress_reporter(set_progress))
+    params = data.BACKGROUND.get("fit_params", {})
+    analysis.fit_experiment(root, experiment, progress=_progress_reporter(set_progress), **params)
     return clicks  # a new value makes render() reload: the fit is on disk now
 
 

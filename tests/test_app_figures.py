@@ -1,0 +1,175 @@
+"""The dashboard's pure builders (app/figures.py), without a server or a browser.
+
+The fit used here is built from synthetic truth (test_app_support.truth_fit),
+so the expected states, edges and detours are known exactly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_app_support import truth_fit
+
+from analysis.synthetic import make_synthetic
+from app import figures
+
+
+@pytest.fixture(scope="module")
+def fit():
+    return truth_fit(make_synthetic(n_runs=8, n_checkpoints=120, seed=3))
+
+
+def test_figures_module_imports_no_dash_or_cache():
+    code = (
+        "import sys, app.figures; "
+        "print(sorted(m for m in ('dash', 'flask', 'flask_caching', 'app.data', 'torch')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_map_elements_nodes_edges_and_marks(fit):
+    tmap = fit.map(4)
+    elements = figures.map_elements(tmap)
+    nodes = [e for e in elements if "source" not in e["data"]]
+    edges = [e for e in elements if "source" in e["data"]]
+    assert len(nodes) == 4 and len(edges) == len(tmap.edges) == 4
+    by_id = {e["data"]["id"]: e for e in elements}
+    # The synthetic graph: 0 -> 1 -> 3 and the detour 0 -> 2 -> 1.
+    assert set(by_id) >= {"s0", "s1", "s2", "s3", "e0-1", "e0-2", "e2-1", "e1-3"}
+    assert "start" in by_id["s0"]["classes"] and "end" in by_id["s3"]["classes"]
+    assert "detour" in by_id["s2"]["classes"] and "detour" not in by_id["s1"]["classes"]
+    # Size grows with occupancy; colour is the state's colour everywhere.
+    occ = {s.state: s.occupancy for s in tmap.states}
+    big, small = max(occ, key=occ.get), min(occ, key=occ.get)
+    assert by_id[f"s{big}"]["data"]["size"] > by_id[f"s{small}"]["data"]["size"]
+    assert by_id["s2"]["data"]["color"] == figures.state_color(2)
+    # Edges: width by probability, a label, runs and the top features with arrows.
+    edge = next(e for e in tmap.edges if (e.source, e.target) == (1, 3))
+    data = by_id["e1-3"]["data"]
+    assert data["label"] == f"{edge.prob:.2f}" and data["n_runs"] == edge.n_runs == 8
+    assert data["features"][0]["feature"] == edge.top_features[0].feature
+    for row, feature in zip(data["features"], edge.top_features):
+        assert row["arrow"] == ("↑" if feature.delta_z > 0 else "↓")
+        assert row["delta_z"] == round(feature.delta_z, 2)
+    widths = {e["data"]["id"]: e["data"]["width"] for e in edges}
+    probs = {f"e{e.source}-{e.target}": e.prob for e in tmap.edges}
+    order = sorted(probs, key=probs.get)
+    assert [widths[i] for i in order] == sorted(widths.values())
+
+
+def test_map_positions_stable_ordered_by_epoch_and_detours_off_the_main_row(fit):
+    tmap = fit.map(4)
+    first = figures.map_positions(tmap.states)
+    assert first == figures.map_positions(tmap.states)  # deterministic
+    xs = {k: x for k, (x, _) in first.items()}
+    by_epoch = sorted(tmap.states, key=lambda s: s.mean_epoch)
+    assert [xs[s.state] for s in by_epoch] == sorted(xs.values())
+    assert first[2][1] != 0 and first[0][1] == 0 and first[3][1] == 0
+    # No two nodes share a spot.
+    assert len(set(first.values())) == len(first)
+    # One state: centred, no division by zero.
+    assert figures.map_positions(fit.map(1).states) == {0: (figures.MAP_WIDTH / 2, 0.0)}
+
+
+def test_highlight_path_marks_only_the_runs_nodes_and_edges(fit):
+    tmap = fit.map(4)
+    run = next(r for r, p in tmap.paths.items() if 2 not in p)  # a main-branch run
+    elements = figures.map_elements(tmap, highlight_run=run)
+    on = {e["data"]["id"] for e in elements if "onpath" in e["classes"].split()}
+    assert on == {"s0", "s1", "s3", "e0-1", "e1-3"}
+    # Highlighting again with another path replaces, not accumulates.
+    again = figures.highlight_path(elements, [0, 0, 2, 2])
+    assert {e["data"]["id"] for e in again if "onpath" in e["classes"]} == {"s0", "s2", "e0-2"}
+
+
+def test_selection_figure_marks_selected_and_chosen_and_carries_n(fit):
+    figure = figures.selection_figure(fit.sweep, selected_n=4, chosen_n=2)
+    names = [t.name for t in figure.data]
+    assert {"BIC", "AIC", "held-out LL", "selected n", "chosen n"} <= set(names)
+    bic = next(t for t in figure.data if t.name == "BIC")
+    assert list(bic.x) == [1, 2, 3, 4] and list(bic.customdata) == [1, 2, 3, 4]
+    assert list(bic.y) == list(fit.sweep["bic_mean"])
+    star = next(t for t in figure.data if t.name == "selected n")
+    assert list(star.x) == [4] and star.marker.symbol == "star"
+    ring = next(t for t in figure.data if t.name == "chosen n")
+    assert list(ring.x) == [2]
+    band = next(t for t in figure.data if t.name == "BIC band")
+    upper = np.asarray(band.y[:4])
+    assert np.allclose(upper, fit.sweep["bic_mean"] + fit.sweep["bic_std"])
+    # Infeasible n (NaN) are left out, not drawn as zero.
+    sweep = fit.sweep.copy()
+    sweep.loc[sweep["n"] == 4, ["bic_mean", "aic_mean", "heldout_ll_mean"]] = np.nan
+    bic = next(t for t in figures.selection_figure(sweep, 3).data if t.name == "BIC")
+    assert list(bic.x) == [1, 2, 3]
+
+
+def test_state_segments_and_metric_figure_shading():
+    epochs = [0, 1, 2, 3, 4, 5]
+    path = [0, 0, 1, 1, 1, 3]
+    segments = figures.state_segments(epochs, path)
+    assert segments == [(0.0, 1.5, 0), (1.5, 4.5, 1), (4.5, 5.0, 3)]
+    frame = pd.DataFrame({"epoch": epochs, "l2": [1.0, 2, 3, 4, 5, 6]})
+    fig = figures.metric_figure("l2", run_frame=frame, run_name="seed-0", states=(epochs, path))
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(rects) == 3 and len(lines) == 2
+    assert rects[1].fillcolor == figures._rgba(figures.state_color(1), 0.18)
+    assert [s.x0 for s in lines] == [1.5, 4.5]
+    assert fig.layout.uirevision == "curves" and fig.layout.yaxis.type == "linear"
+    log = figures.metric_figure("l2", run_frame=frame, log_y=True)
+    assert log.layout.yaxis.type == "log" and not log.layout.shapes
+
+
+def test_metric_band_and_smoothing():
+    a = pd.DataFrame({"epoch": [0, 1, 2], "acc": [0.0, 0.5, 1.0]})
+    b = pd.DataFrame({"epoch": [0, 1, 2], "acc": [0.2, np.nan, 0.8]})
+    band = figures.metric_band([a, b], "acc")
+    assert band["mean"].round(6).tolist() == [0.1, 0.5, 0.9]
+    assert band["count"].tolist() == [2, 1, 2]
+    assert band["std"].iloc[1] == 0.0  # one value: no spread, not NaN
+    fig = figures.metric_figure("acc", band=band)
+    assert [t.name for t in fig.data] == ["all seeds ± std", "all seeds mean"]
+    assert figures.smooth([1, 2, 3, 4, 5], 3).tolist() == [1.5, 2, 3, 4, 4.5]
+    assert figures.smooth([1, np.nan, 3], 1)[1] != figures.smooth([1, np.nan, 3], 1)[1]
+    assert figures.metric_band([], "acc").empty
+
+
+def test_runs_table_rows_broken_and_convergence():
+    summaries = [
+        {"run": "a", "status": "completed", "seed": 1, "task": "t", "checkpoints": 5,
+         "last_epoch": 4, "last_eval_acc": 0.987654, "reason": None},
+        {"run": "b", "status": "broken", "reason": "no meta.json: not a trainmap run"},
+        {"run": "c", "status": "running", "seed": 2, "checkpoints": 3, "last_eval_acc": float("nan")},
+    ]  # fmt: skip
+    rows = figures.runs_table_rows(summaries, {"a": 40, "c": None})
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["final_eval_acc"] == 0.9877 and rows[0]["convergence_epoch"] == 40
+    assert rows[1]["status"] == "broken" and "meta.json" in rows[1]["reason"]
+    assert rows[1]["checkpoints"] == 0 and rows[1]["convergence_epoch"] is None
+    assert rows[2]["final_eval_acc"] is None and rows[2]["convergence_epoch"] is None
+    assert figures.status_counts(rows) == {"broken": 1, "completed": 1, "running": 1}
+
+
+def test_exports(fit):
+    tmap = fit.map(4)
+    states = figures.states_frame(tmap)
+    assert list(states.columns) == ["run", "epoch", "state"]
+    assert len(states) == sum(len(p) for p in tmap.paths.values())
+    run = sorted(tmap.paths)[0]
+    metrics = pd.DataFrame({"epoch": tmap.epochs[run], "step": tmap.epochs[run], "l2": 1.0})
+    out = figures.run_export_frame(metrics, (tmap.epochs[run], tmap.paths[run]))
+    assert out["state"].tolist() == tmap.paths[run]
+    assert "state" not in figures.run_export_frame(metrics, None)
+
+
+def test_progress_figure_keeps_zoom_across_refreshes():
+    frames = {"a": pd.DataFrame({"epoch": [0, 1], "eval_acc": [0.1, 0.2]})}
+    one = figures.progress_figure(frames, "eval_acc")
+    two = figures.progress_figure({**frames, "b": frames["a"]}, "eval_acc")
+    assert one.layout.uirevision == two.layout.uirevision and len(two.data) == 2

@@ -1,0 +1,132 @@
+"""Tracker: tracking a user's own PyTorch loop through the run-directory module."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainer import Tracker, rundir
+from trainer.metrics import WEIGHT_COLUMNS, HookPointError, WeightMetrics
+
+
+def toy_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 8),
+        nn.ReLU(),
+        nn.Sequential(nn.Linear(8, 8), nn.ReLU()),
+        nn.Linear(8, 2),
+    )
+
+
+def test_readme_example(tmp_path):
+    # --- README example: track a plain PyTorch loop (runs as written, with `runs` -> tmp_path)
+    import torch
+    from torch import nn
+
+    from trainer import Tracker
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 10), torch.randint(0, 2, (256,))
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    with Tracker(model, hook_points=["0", "2"], run_dir=tmp_path / "my-exp" / "seed-0",
+                 config={"lr": 1e-2}, seed=0) as tracker:  # fmt: skip
+        for epoch in range(1, 21):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            acc = (model(x).argmax(1) == y).float().mean()
+            tracker.log(epoch, step=epoch, train_loss=loss, train_acc=acc)
+    # --- end of README example
+
+    run = rundir.load_run(tmp_path, "my-exp", "seed-0")
+    assert run.status == "completed"
+    assert len(run.metrics) == 20 and run.metrics["epoch"].tolist() == list(range(1, 21))
+    assert {"l2", "spectral", "0/l2", "2/var_sv", "train_loss", "train_acc"} <= set(run.metrics)
+    assert run.metrics["train_loss"].iloc[-1] < run.metrics["train_loss"].iloc[0]
+    assert run.meta["hook_points"] == ["0", "2"] and run.meta["config"] == {"lr": 1e-2}
+
+
+def test_rows_hold_the_weight_metrics_and_scalars(tmp_path):
+    model = toy_model()
+    with Tracker(model, ["0", "2.*", "3"], root=tmp_path, experiment="e", run="r") as tracker:
+        expected, _ = WeightMetrics(model, ["0", "2.0", "3"]).compute()
+        row = tracker.log(1, step=10, eval_acc=0.5, note_count=3)
+        assert tracker.hook_points == ["0", "2.0", "3"]  # the glob expanded to modules with weights
+    run = rundir.load_run(tmp_path, "e", "r")
+    stored = run.metrics.iloc[0]
+    assert stored["step"] == 10 and stored["eval_acc"] == 0.5 and stored["note_count"] == 3
+    for column in WEIGHT_COLUMNS:
+        assert stored[column] == pytest.approx(expected[column])
+        assert stored[f"2.0/{column}"] == pytest.approx(expected[f"2.0/{column}"])
+    assert row["l2"] == expected["l2"]
+
+
+def test_step_defaults_to_epoch_and_tensors_are_accepted(tmp_path):
+    with Tracker(toy_model(), None, tmp_path / "e" / "r") as tracker:
+        tracker.log(3, train_loss=torch.tensor(0.25, requires_grad=True) * 2)
+    frame = rundir.read_metrics(tmp_path / "e" / "r")
+    assert frame["step"].tolist() == [3] and frame["train_loss"].tolist() == [0.5]
+
+
+def test_unknown_hook_point_fails_at_construction_with_close_matches(tmp_path):
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Linear(3, 3))
+    model.add_module("decoder", nn.Linear(3, 3))
+    with pytest.raises(HookPointError) as info:
+        Tracker(model, ["encodr"], tmp_path / "e" / "r")
+    message = str(info.value)
+    assert "unknown hook point 'encodr'" in message and "did you mean encoder" in message
+    assert "valid names: encoder, decoder" in message and "\n" not in message
+    assert not (tmp_path / "e").exists()  # nothing written for a typo
+
+
+def test_unknown_name_without_close_match_lists_valid_names(tmp_path):
+    with pytest.raises(
+        HookPointError, match=r"unknown hook point 'zzz'; valid names: 0, 2, 2.0, 3"
+    ):
+        Tracker(toy_model(), ["zzz"], tmp_path / "e" / "r")
+
+
+def test_hook_point_without_weights_says_so(tmp_path):
+    with pytest.raises(HookPointError, match=r"hook point '1' has no weights \(a ReLU"):
+        Tracker(toy_model(), ["1"], tmp_path / "e" / "r")
+    with pytest.raises(HookPointError, match="matches no module with weights"):
+        Tracker(toy_model(), ["nothing.*"], tmp_path / "e" / "r")
+
+
+def test_non_finite_weights_mark_the_run_diverged_without_crashing(tmp_path):
+    model = toy_model()
+    with Tracker(model, ["0", "3"], tmp_path / "e" / "r") as tracker:
+        tracker.log(1, eval_acc=0.5)
+        with torch.no_grad():
+            model[3].weight[0, 0] = float("inf")
+        row = tracker.log(2, eval_acc=0.5)
+        tracker.log(3)
+    assert all(math.isnan(row[c]) for c in WEIGHT_COLUMNS) and row["eval_acc"] == 0.5
+    summary = rundir.summarize_run(tmp_path / "e" / "r")
+    assert summary.status == "diverged" and summary.meta["diverged_at_epoch"] == 2
+    assert summary.checkpoints == 3
+    frame = rundir.read_metrics(tmp_path / "e" / "r")
+    assert not math.isnan(frame["l2"].iloc[0]) and math.isnan(frame["l2"].iloc[1])
+
+
+def test_exception_in_the_loop_marks_the_run_failed(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Tracker(toy_model(), None, tmp_path / "e" / "r") as tracker:
+            tracker.log(1)
+            raise RuntimeError("loss exploded")
+    summary = rundir.summarize_run(tmp_path / "e" / "r")
+    assert summary.status == "failed" and "loss exploded" in summary.reason
+    assert summary.checkpoints == 1
+
+
+def test_needs_a_run_location():
+    with pytest.raises(ValueError, match="run_dir"):
+        Tracker(toy_model(), None)

@@ -638,6 +638,26 @@ def progress_figure(frames: Mapping[str, pd.DataFrame], metric: str) -> go.Figur
     return fig
 
 
+def keep_view(fig: go.Figure, relayout: Mapping | None) -> go.Figure:
+    """Re-apply the axis ranges a user zoomed to (Dash's ``relayoutData``).
+
+    ``uirevision`` alone did not keep a drag-zoom across figure updates in our
+    browser tests (Dash 4, plotly.js 3), so live-refreshed figures carry the
+    user's ranges explicitly; a double-click (autorange) clears them.
+    """
+    if not relayout:
+        return fig
+    for axis in ("xaxis", "yaxis"):
+        if relayout.get(f"{axis}.autorange"):
+            continue
+        low, high = relayout.get(f"{axis}.range[0]"), relayout.get(f"{axis}.range[1]")
+        if low is None and isinstance(relayout.get(f"{axis}.range"), (list, tuple)):
+            low, high = relayout[f"{axis}.range"]
+        if low is not None and high is not None:
+            fig.update_layout({axis: {"range": [low, high], "autorange": False}})
+    return fig
+
+
 # ------------------------------------------------------------------- exports
 
 

@@ -9,7 +9,6 @@ and check that the browser console stays free of errors.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,7 +23,10 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.by import By
 from test_app_support import EXPERIMENT, make_root
 
+from trainer import rundir
+
 pytestmark = pytest.mark.browser
+REFRESH_WAIT = 10  # the runs page polls every 3 s
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "training-map.png"
@@ -128,6 +130,23 @@ def click_selection_point(dash_duo, graph_id: str, n: int):
     )
     assert len(points) >= n, f"expected >= {n} BIC points, found {len(points)}"
     ActionChains(dash_duo.driver).move_to_element(points[n - 1]).click().perform()
+
+
+def drag_zoom(dash_duo, selector: str):
+    """Drag a box over the middle of a Plotly plot area, as a user zooms."""
+    left, top, width, height = dash_duo.driver.execute_script(
+        "const el = document.querySelector(arguments[0]); el.scrollIntoView({block: 'center'});"
+        "const b = el.getBoundingClientRect(); return [b.left, b.top, b.width, b.height];",
+        selector,
+    )
+    actions = ActionBuilder(dash_duo.driver)
+    pointer = actions.pointer_action
+    pointer.move_to_location(int(left + width * 0.3), int(top + height * 0.2))
+    pointer.pointer_down()
+    pointer.move_to_location(int(left + width * 0.5), int(top + height * 0.5))
+    pointer.move_to_location(int(left + width * 0.6), int(top + height * 0.8))
+    pointer.pointer_up()
+    actions.perform()
 
 
 def nav(dash_duo, name: str):
@@ -275,22 +294,56 @@ def test_deep_links_reload(dash_duo, dash_app):
     assert_no_console_errors(dash_duo)
 
 
-def test_experiment_without_fit_shows_command(dash_duo, fixture_root, tmp_path):
-    from test_app_support import make_root as make
-
+def test_experiment_without_fit_shows_command_and_fits_from_the_ui(dash_duo, tmp_path):
     from app.main import create_app
 
     root = tmp_path / "root"
     root.mkdir()
-    make(root, n_runs=2, n_checkpoints=20, experiment="unfitted")
-    dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache"))
-    dash_duo.driver.get(f"{dash_duo.server_url}/selection")
-    dash_duo.wait_for_contains_text("#selection-command", "trainmap fit", timeout=10)
-    command = dash_duo.find_element("#selection-command").text
-    assert command == f"trainmap fit {root.resolve() / 'unfitted'}"
+    make_root(root, n_runs=4, n_checkpoints=40, experiment="unfitted")
+    params = {"max_states": 2, "restarts": 1, "workers": 1}
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache", fit_params=params))
+    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
+
+    # Live refresh: zoom the progress plot and select a run, then a run grows.
+    radios = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#runs-table input[type=radio]")
+    radios[1].click()
+    dash_duo.wait_for_element("#runs-progress .main-svg")
+    # A real drag-zoom, then a run grows: the refresh must keep zoom and selection.
+    drag_zoom(dash_duo, "#runs-progress .nsewdrag")
+    get_range = (
+        "return document.querySelector('#runs-progress .js-plotly-plot').layout.xaxis.range;"
+    )
+    zoomed = wait_for(
+        lambda: (r := dash_duo.driver.execute_script(get_range)) and r[0] > 0.5 and r,
+        message="zoom",
+    )
+    writer = rundir.RunWriter.reopen(root / "unfitted" / "seed-2")
+    writer.append({"epoch": 40, "step": 40, "eval_acc": 0.99})
+    writer.finish("completed")
+    dash_duo.wait_for_contains_text("#runs-table", "41", timeout=REFRESH_WAIT)
+    time.sleep(0.5)  # let the figure update land
+    assert dash_duo.driver.execute_script(get_range) == zoomed  # the refresh kept the zoom
+    radios = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#runs-table input[type=radio]")
+    assert radios[1].is_selected() and query(dash_duo)["run"] == "seed-1"
+
     nav(dash_duo, "Training map")
     dash_duo.wait_for_contains_text("#map-message", "trainmap fit", timeout=10)
-    nav(dash_duo, "Runs")
-    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
-    assert json.loads(dash_duo.driver.execute_script("return JSON.stringify(1)")) == 1
+
+    nav(dash_duo, "Model selection")
+    dash_duo.wait_for_contains_text("#selection-command", "trainmap fit", timeout=10)
+    command = dash_duo.find_element("#selection-command").text
+    assert (
+        command
+        == f"trainmap fit {root.resolve() / 'unfitted'} --max-states 2 --restarts 1 --workers 1"
+    )
+    # Fit now: a background process fits, the progress bar fills, the sweep appears.
+    dash_duo.find_element("#selection-fit").click()
+    dash_duo.wait_for_contains_text("#selection-chosen", "n = ", timeout=90)
+    progress = dash_duo.find_element("#selection-progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "100"
+    assert dash_duo.find_element("#selection-nofit").value_of_css_property("display") == "none"
+    nav(dash_duo, "Training map")
+    dash_duo.wait_for_element("#map-graph canvas", timeout=10)
+    wait_for(lambda: cy_count(dash_duo, "node") >= 1, message="the new fit's map")
     assert_no_console_errors(dash_duo)

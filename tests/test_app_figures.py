@@ -173,3 +173,13 @@ def test_progress_figure_keeps_zoom_across_refreshes():
     one = figures.progress_figure(frames, "eval_acc")
     two = figures.progress_figure({**frames, "b": frames["a"]}, "eval_acc")
     assert one.layout.uirevision == two.layout.uirevision and len(two.data) == 2
+
+
+def test_keep_view_reapplies_a_users_zoom_and_forgets_it_on_reset():
+    fig = figures.progress_figure({"a": pd.DataFrame({"epoch": [0, 9], "acc": [0, 1]})}, "acc")
+    zoomed = figures.keep_view(fig, {"xaxis.range[0]": 2, "xaxis.range[1]": 5})
+    assert list(zoomed.layout.xaxis.range) == [2, 5] and zoomed.layout.yaxis.range is None
+    fresh = figures.progress_figure({"a": pd.DataFrame({"epoch": [0], "acc": [0]})}, "acc")
+    reset = figures.keep_view(fresh, {"xaxis.autorange": True, "yaxis.autorange": True})
+    assert reset.layout.xaxis.range is None
+    assert figures.keep_view(fresh, None) is fresh

@@ -82,8 +82,9 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
     Input("runs-experiment", "value"),
     Input("runs-interval", "n_intervals"),
     State("runs-fp", "data"),
+    State("runs-progress", "relayoutData"),
 )
-def refresh(experiment, _ticks, last_fp):
+def refresh(experiment, _ticks, last_fp, view):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     if experiment is None:
@@ -98,6 +99,8 @@ def refresh(experiment, _ticks, last_fp):
     metrics = data.metric_names(root, experiment, fp)
     metric = "eval_acc" if "eval_acc" in metrics else (metrics[0] if metrics else "eval_acc")
     progress = figures.progress_figure(data.progress_frames(root, experiment, fp, metric), metric)
+    if dash.ctx.triggered_id == "runs-interval":
+        progress = figures.keep_view(progress, view)  # a live refresh keeps the user's zoom
     return rows, f"{len(rows)} runs ({counts})", progress, fp
 
 

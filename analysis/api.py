@@ -59,7 +59,7 @@ def _key_params(
         "seed": int(seed),
         "heldout": float(heldout),
         "n_iter": int(n_iter),
-        "tol": float(tol),
+        "tol": None if tol is None else float(tol),
         "threshold": float(threshold),
     }
 
@@ -112,7 +112,7 @@ def fit_prepared(
     criterion: str = DEFAULT_CRITERION,
     n_states: int | None = None,
     n_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = None,
     threshold: float = 0.9,
     workers: int = 2,
     backend: str = "loky",
@@ -191,7 +191,7 @@ def fit_experiment(
     first_n: int | None = None,
     heldout: float = 0.2,
     n_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = None,
     threshold: float = 0.9,
     refit: bool = False,
 ) -> FitResult:
@@ -217,7 +217,8 @@ def fit_experiment(
     seed : seed of the train/held-out split and of the restarts.
     first_n : use only the first N checkpoints of every run.
     heldout : fraction of runs held out for selection (split by run, not row).
-    n_iter, tol : EM iterations and tolerance per fit.
+    n_iter, tol : EM iterations and tolerance per fit (``tol=None``: stop when an
+        iteration gains less than 1e-4 nats per train checkpoint).
     threshold : eval_acc that counts as converged (for convergence epochs).
     refit : ignore a saved fit and compute again.
 
@@ -316,7 +317,7 @@ def load_fit(
     first_n: int | None = None,
     heldout: float = 0.2,
     n_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = None,
     threshold: float = 0.9,
     **_ignored,
 ) -> FitResult | None:

@@ -108,8 +108,10 @@ def fit_one(
     *,
     covariance_type: str = "diag",
     n_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = None,
     seed: int = 0,
+    kmeans_n_init: int = 1,
+    engine: str = "hmmlearn",
 ) -> dict:
     """Fit one GaussianHMM and score it on the held-out runs. Never raises.
 
@@ -118,6 +120,9 @@ def fit_one(
     ``converged``, ``n_iter`` and the fitted ``arrays``.
     """
     from hmmlearn.hmm import GaussianHMM
+    from threadpoolctl import threadpool_limits
+
+    from analysis import fastem
 
     started = time.perf_counter()
     record = {"n": n_states, "restart": restart, "ok": False, "error": None}
@@ -129,17 +134,46 @@ def fit_one(
         # fewer train rows than free parameters (the fit is not identified).
         if len(X) < n_states or len(X) <= p:
             raise ValueError(f"too few points: {len(X)} train rows for {p} parameters")
-        model = GaussianHMM(
-            n_components=n_states,
-            covariance_type=covariance_type,
-            n_iter=n_iter,
-            tol=tol,
-            random_state=seed * 1000 + restart,
-        )
-        with warnings.catch_warnings():
-            # hmmlearn warns (not raises) on some degenerate cases; we check below.
+        random_state = seed * 1000 + restart
+        if tol is None:  # stop when a step gains less than 1e-4 nats per train checkpoint
+            tol = 1e-4 * len(X)
+        with warnings.catch_warnings(), threadpool_limits(1):
+            # hmmlearn warns (not raises) on some degenerate cases; we check
+            # below. One BLAS/OpenMP thread per fit: the sweep is parallel
+            # across fits already, and oversubscribed threads only slow it down.
             warnings.simplefilter("ignore")
-            model.fit(X, lengths)
+            if engine == "numpy" and covariance_type == "diag":
+                from analysis.fastem import fit_diag
+
+                start = fastem.init_params(X, n_states, random_state, n_init=kmeans_n_init)
+                arrays, history, converged = fit_diag(
+                    X, lengths, n_states, n_iter=n_iter, tol=tol, params=start
+                )
+                model = make_model(arrays, covariance_type)
+                n_done = len(history)
+            else:
+                model = GaussianHMM(
+                    n_components=n_states,
+                    covariance_type=covariance_type,
+                    n_iter=n_iter,
+                    tol=tol,
+                    random_state=random_state,
+                    init_params="" if kmeans_n_init != 10 else "stmc",
+                )
+                if kmeans_n_init != 10:
+                    # hmmlearn's own initialisation, with fewer k-means runs.
+                    start = fastem.init_params(
+                        X,
+                        n_states,
+                        random_state,
+                        n_init=kmeans_n_init,
+                        full=covariance_type == "full",
+                    )
+                    model.n_features = X.shape[1]
+                    model.startprob_, model.transmat_, model.means_ = start[:3]
+                    model.covars_ = start[3]
+                model.fit(X, lengths)
+                converged, n_done = model.monitor_.converged, model.monitor_.iter
             train_ll = float(model.score(X, lengths))
             held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
             held_ll, posteriors = model.score_samples(held, held_lengths)
@@ -160,8 +194,8 @@ def fit_one(
             aic=-2 * held_ll + 2 * p,
             bic=-2 * held_ll + p * math.log(T),
             icl=-2 * held_ll + p * math.log(T) + 2 * float(entropy),
-            converged=bool(model.monitor_.converged),
-            n_iter=int(model.monitor_.iter),
+            converged=bool(converged),
+            n_iter=int(n_done),
             arrays=arrays,
         )
     except Exception as error:  # a failed fit is data for the sweep table
@@ -226,8 +260,10 @@ def run_sweep(
     restarts: int = 5,
     covariance_type: str = "diag",
     n_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = None,
     seed: int = 0,
+    kmeans_n_init: int = 1,
+    engine: str = "hmmlearn",
     workers: int = 2,
     backend: str = "loky",
     scheduler: str | None = None,
@@ -249,7 +285,14 @@ def run_sweep(
     states = list(states) if states is not None else list(range(1, max_states + 1))
     # Largest n first: they take longest, so the pool stays busy to the end.
     tasks = [(n, r) for n in sorted(states, reverse=True) for r in range(restarts)]
-    kwargs = dict(covariance_type=covariance_type, n_iter=n_iter, tol=tol, seed=seed)
+    kwargs = dict(
+        covariance_type=covariance_type,
+        n_iter=n_iter,
+        tol=tol,
+        seed=seed,
+        kmeans_n_init=kmeans_n_init,
+        engine=engine,
+    )
     job = joblib.delayed(fit_one)
     calls = [job(X, lengths, X_held, lengths_held, n, r, **kwargs) for n, r in tasks]
 
@@ -293,7 +336,10 @@ class StateSelector:
     covariance_type : "diag" or "full".
     criterion : one of :data:`CRITERIA` (default :data:`DEFAULT_CRITERION`).
     n_states : use this n instead of the criterion's choice.
-    n_iter, tol : EM iterations and convergence tolerance per fit (hmmlearn's).
+    n_iter, tol : EM iterations and convergence tolerance per fit; ``tol=None``
+        stops when an iteration gains less than 1e-4 nats per train checkpoint.
+    kmeans_n_init : k-means runs in the initialisation (hmmlearn uses 10).
+    engine : "hmmlearn" or "numpy" (analysis.fastem, diag only; same algorithm).
     workers, backend, scheduler : parallelism (see :func:`run_sweep`).
     random_state : seed of the restarts.
 
@@ -311,7 +357,9 @@ class StateSelector:
         criterion=DEFAULT_CRITERION,
         n_states=None,
         n_iter=100,
-        tol=1e-2,
+        tol=None,
+        kmeans_n_init=1,
+        engine="hmmlearn",
         workers=2,
         backend="loky",
         scheduler=None,
@@ -325,6 +373,8 @@ class StateSelector:
         self.n_states = n_states
         self.n_iter = n_iter
         self.tol = tol
+        self.kmeans_n_init = kmeans_n_init
+        self.engine = engine
         self.workers = workers
         self.backend = backend
         self.scheduler = scheduler
@@ -356,6 +406,8 @@ class StateSelector:
             n_iter=self.n_iter,
             tol=self.tol,
             seed=self.random_state,
+            kmeans_n_init=self.kmeans_n_init,
+            engine=self.engine,
             workers=self.workers,
             backend=self.backend,
             scheduler=self.scheduler,

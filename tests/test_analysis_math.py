@@ -82,3 +82,26 @@ def test_model_arrays_round_trip_gives_same_likelihood():
         model = GaussianHMM(3, covariance_type=cov, n_iter=10, random_state=1).fit(stacked, lengths)
         rebuilt = make_model(model_arrays(model), cov)
         assert rebuilt.score(stacked, lengths) == pytest.approx(model.score(stacked, lengths))
+
+
+def test_vectorised_em_is_hmmlearns_em():
+    """analysis.fastem does the same EM as hmmlearn: same likelihoods, same updates."""
+    from analysis.fastem import e_step, fit_diag, pad_runs
+
+    X, _ = small_data()
+    X[2] = X[2][:50]  # runs of different lengths are padded and masked
+    stacked, lengths = np.concatenate(X), [len(x) for x in X]
+    reference = GaussianHMM(3, covariance_type="diag", n_iter=4, tol=-1, random_state=5)
+    reference.fit(stacked, lengths)
+    arrays, history, _ = fit_diag(stacked, lengths, 3, n_iter=4, tol=-1, random_state=5)
+    assert history == pytest.approx(list(reference.monitor_.history), rel=1e-10)
+    assert np.allclose(arrays["means"], reference.means_, atol=1e-9)
+    assert np.allclose(arrays["covars"], reference._covars_, atol=1e-9)
+    assert np.allclose(arrays["transmat"], reference.transmat_, atol=1e-9)
+    Xp, mask = pad_runs(stacked, lengths)
+    ll, stats = e_step(Xp, mask, *[reference.startprob_, reference.transmat_,
+                                   reference.means_, reference._covars_])  # fmt: skip
+    assert ll == pytest.approx(reference.score(stacked, lengths), rel=1e-12)
+    theirs, _ = reference._do_estep(stacked, lengths)
+    for key in ("start", "trans", "post", "obs", "obs**2"):
+        assert np.allclose(stats[key], theirs[key], atol=1e-8)

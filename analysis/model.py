@@ -143,10 +143,8 @@ def fit_one(
             # across fits already, and oversubscribed threads only slow it down.
             warnings.simplefilter("ignore")
             if engine == "numpy" and covariance_type == "diag":
-                from analysis.fastem import fit_diag
-
                 start = fastem.init_params(X, n_states, random_state, n_init=kmeans_n_init)
-                arrays, history, converged = fit_diag(
+                arrays, history, converged = fastem.fit_diag(
                     X, lengths, n_states, n_iter=n_iter, tol=tol, params=start
                 )
                 model = make_model(arrays, covariance_type)
@@ -173,7 +171,11 @@ def fit_one(
                     model.startprob_, model.transmat_, model.means_ = start[:3]
                     model.covars_ = start[3]
                 model.fit(X, lengths)
-                converged, n_done = model.monitor_.converged, model.monitor_.iter
+                # hmmlearn's monitor_.converged is also True when n_iter ran
+                # out; we report convergence only if the tolerance was reached.
+                history = list(model.monitor_.history)
+                converged = len(history) >= 2 and history[-1] - history[-2] < tol
+                n_done = model.monitor_.iter
             train_ll = float(model.score(X, lengths))
             held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
             held_ll, posteriors = model.score_samples(held, held_lengths)

@@ -127,16 +127,34 @@ def fingerprint(root: str, experiment: str) -> str:
 # ---------------------------------------------------------------- runs
 
 
-@cache.memoize()
 def run_summaries(root: str, experiment: str, fp: str) -> list[dict]:
-    """Every run (broken ones included, with the reason) as plain dicts."""
+    """Every run (broken ones included, with the reason) as plain dicts.
+
+    Like ``rundir.list_runs``, but each run's summary is memoized under that
+    run's own fingerprint: when one run of many appends a checkpoint, a live
+    refresh re-reads that run only, not the whole experiment.
+    """
+    exp_path = rundir.experiment_path(root, experiment)
     rows = []
-    for summary in rundir.list_runs(root, experiment):
-        row = asdict(summary)
-        row.pop("meta", None)
-        row["path"] = str(row["path"])
-        rows.append(row)
+    for child in sorted(exp_path.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        rows.append(_run_summary(root, experiment, child.name, rundir.run_fingerprint(child)))
     return rows
+
+
+@cache.memoize()
+def _run_summary(root: str, experiment: str, run: str, run_fp: str) -> dict:
+    try:
+        path = rundir.resolve_inside(root, experiment, run)
+    except rundir.RunDirError as error:  # e.g. a symlink that leads outside the root
+        summary = rundir.RunSummary(experiment, run, Path(root), rundir.BROKEN, reason=str(error))
+    else:
+        summary = rundir.summarize_run(path, experiment)
+    row = asdict(summary)
+    row.pop("meta", None)
+    row["path"] = str(row["path"])
+    return row
 
 
 def run_names(root: str, experiment: str, fp: str, readable_only: bool = True) -> list[str]:
@@ -185,21 +203,6 @@ def metric_band(root: str, experiment: str, fp: str, metric: str) -> pd.DataFram
     """Mean +- std of one metric per epoch over all readable runs."""
     frames = (load_run_metrics(root, experiment, r) for r in run_names(root, experiment, fp))
     return figures.metric_band((f for f in frames if f is not None), metric)
-
-
-@cache.memoize()
-def progress_frames(
-    root: str, experiment: str, fp: str, metric: str, max_points: int = 400
-) -> dict[str, pd.DataFrame]:
-    """Each run's ``metric`` vs epoch, thinned to ``max_points`` for the browser."""
-    out = {}
-    for run in run_names(root, experiment, fp):
-        frame = load_run_metrics(root, experiment, run)
-        if frame is None or metric not in frame:
-            continue
-        step = max(1, len(frame) // max_points)
-        out[run] = frame[["epoch", metric]].iloc[::step].reset_index(drop=True)
-    return out
 
 
 # ----------------------------------------------------------------- fits
@@ -300,6 +303,82 @@ def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | 
     if fit is None or n not in fit.maps:
         return None
     return figures.states_frame(fit.maps[n])
+
+
+# ------------------------------------------------------------------ views
+# Building a Plotly figure (trace validation) costs tens of milliseconds, more
+# than loading its data from the cache, so the figures the pages show are
+# memoized too, as plain dicts, under the same fingerprints.
+
+
+@cache.memoize()
+def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict:
+    """Table rows, status counts and the progress plot of the Runs page."""
+    summaries = run_summaries(root, experiment, fp)
+    overview = fit_overview(root, experiment, fp)
+    rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
+    counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
+    readable = [r["run"] for r in rows if r["status"] != rundir.BROKEN]
+    # The progress plot reads each run's metrics; past max_curves runs it shows
+    # the first ones only, so a page for hundreds of runs still opens quickly.
+    frames = {}
+    for run in readable[:max_curves]:
+        frame = load_run_metrics(root, experiment, run)
+        if frame is not None:
+            frames[run] = frame
+    columns = dict.fromkeys(c for f in frames.values() for c in figures.metric_columns(f.columns))
+    metric = "eval_acc" if "eval_acc" in columns else next(iter(columns), "eval_acc")
+    thinned = {
+        run: f[["epoch", metric]].iloc[:: max(1, len(f) // 400)]
+        for run, f in frames.items()
+        if metric in f
+    }
+    figure = figures.progress_figure(thinned, metric)
+    if len(readable) > max_curves:
+        figure.update_layout(title=f"{metric}: first {max_curves} of {len(readable)} runs")
+    return {
+        "rows": rows,
+        "counts": f"{len(rows)} runs ({counts})",
+        "figure": figure.to_plotly_json(),
+    }
+
+
+@cache.memoize()
+def selection_view(root: str, experiment: str, fp: str, chosen: int, height: int = 380):
+    overview = fit_overview(root, experiment, fp)
+    if overview is None:
+        return None
+    figure = figures.selection_figure(overview["sweep"], overview["selected_n"], chosen, height)
+    return figure.to_plotly_json()
+
+
+@cache.memoize()
+def curves_view(
+    root: str,
+    experiment: str,
+    fp: str,
+    metric: str,
+    run: str | None,
+    n: int | None,
+    band: bool,
+    log_y: bool,
+    smoothing: int,
+) -> dict:
+    """The Metric curves figure; ``run`` and ``metric`` must be validated already."""
+    run_frame = load_run_metrics(root, experiment, run) if run else None
+    states = run_states(root, experiment, fp, int(n), run) if run and n is not None else None
+    figure = figures.metric_figure(
+        metric,
+        run_frame=run_frame,
+        run_name=run,
+        band=metric_band(root, experiment, fp, metric) if band else None,
+        states=states,
+        log_y=log_y,
+        smoothing=smoothing,
+        # Keep zoom while smoothing or log changes; reset it for another metric.
+        uirevision=f"{experiment}/{metric}",
+    )
+    return figure.to_plotly_json()
 
 
 def fit_command(root: str, experiment: str) -> str:

@@ -143,7 +143,7 @@ def create_app(
 
     server = flask.Flask("trainmap")
     server.config["TRAINMAP_ROOT"] = str(root_path)
-    data.cache.init_app(server, config=cache_config(cache_path, redis_url))
+    data.cache.init_app(server, config=cache_config(cache_path / "views", redis_url))
     # The fit runs in a forked process without Flask's app context; it reads the
     # root from here (one served root per process), never from the browser.
     data.BACKGROUND["root"] = str(root_path)

@@ -144,19 +144,17 @@ def draw(experiment, metric, run, n, options, smoothing):
         return figures.metric_figure(metric)
     run = data.valid_run(root, experiment, fp, run)
     options = options or []
-    band = data.metric_band(root, experiment, fp, metric) if "band" in options else None
-    run_frame = data.load_run_metrics(root, experiment, run) if run else None
-    states = data.run_states(root, experiment, fp, int(n), run) if run and n is not None else None
-    return figures.metric_figure(
+    n = int(n) if n is not None else None
+    return data.curves_view(
+        root,
+        experiment,
+        fp,
         metric,
-        run_frame=run_frame,
-        run_name=run,
-        band=band,
-        states=states,
-        log_y="log" in options,
-        smoothing=int(smoothing or 1),
-        # Keep zoom while smoothing or log changes; reset it for another metric.
-        uirevision=f"{experiment}/{metric}",
+        run,
+        n,
+        "band" in options,
+        "log" in options,
+        int(smoothing or 1),
     )
 
 

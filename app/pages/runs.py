@@ -10,6 +10,7 @@ Selecting a run makes it the run of every other page.
 from __future__ import annotations
 
 import dash
+import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
 from app import components, data, figures
@@ -84,7 +85,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
     State("runs-fp", "data"),
     State("runs-progress", "relayoutData"),
 )
-def refresh(experiment, _ticks, last_fp, view):
+def refresh(experiment, _ticks, last_fp, zoom):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     if experiment is None:
@@ -92,16 +93,11 @@ def refresh(experiment, _ticks, last_fp, view):
     fp = data.fingerprint(root, experiment)
     if fp == last_fp:
         return no_update, no_update, no_update, no_update  # nothing changed on disk
-    summaries = data.run_summaries(root, experiment, fp)
-    overview = data.fit_overview(root, experiment, fp)
-    rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
-    counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
-    metrics = data.metric_names(root, experiment, fp)
-    metric = "eval_acc" if "eval_acc" in metrics else (metrics[0] if metrics else "eval_acc")
-    progress = figures.progress_figure(data.progress_frames(root, experiment, fp, metric), metric)
+    view = data.runs_view(root, experiment, fp)
+    figure = view["figure"]
     if dash.ctx.triggered_id == "runs-interval":
-        progress = figures.keep_view(progress, view)  # a live refresh keeps the user's zoom
-    return rows, f"{len(rows)} runs ({counts})", progress, fp
+        figure = figures.keep_view(go.Figure(figure), zoom)  # keep the user's zoom
+    return view["rows"], view["counts"], figure, fp
 
 
 @callback(

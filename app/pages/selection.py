@@ -11,7 +11,7 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import components, data, figures
+from app import components, data
 
 try:  # "Fit now" runs in a background process managed through diskcache
     import diskcache  # noqa: F401
@@ -111,7 +111,7 @@ def render(experiment, click, _fitted, chosen):
             ),
         ]
     )
-    figure = figures.selection_figure(overview["sweep"], selected, chosen)
+    figure = data.selection_view(root, experiment, fp, chosen)
     return figure, shown, info, hidden, "", "", chosen
 
 

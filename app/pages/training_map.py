@@ -124,7 +124,7 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
         n = data.parse_n(click["points"][0].get("x"), ns, n)
     runs = overview["runs"]
     run = current_run if current_run in runs else (requested_run if requested_run in runs else None)
-    figure = figures.selection_figure(overview["sweep"], overview["selected_n"], n, height=300)
+    figure = data.selection_view(root, experiment, fp, n, height=300)
     message = components.fit_warnings(root, experiment, overview)
     return (
         [

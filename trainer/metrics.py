@@ -50,6 +50,7 @@ __all__ = [
     "dist_irr",
 ]
 
+# (matrices (G, m, n) in the weights' dtype, singular values (G, k) float64) -> (G,) float64
 MatrixMetric = Callable[[Tensor, Tensor], Tensor]
 ValueMetric = Callable[[Tensor], Tensor]
 
@@ -81,12 +82,12 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
 
 @matrix_metric
 def l1(w: Tensor, sv: Tensor) -> Tensor:
-    return w.abs().sum(dim=(-2, -1))
+    return w.abs().sum(dim=(-2, -1), dtype=torch.float64)
 
 
 @matrix_metric
 def l2(w: Tensor, sv: Tensor) -> Tensor:
-    return w.square().sum(dim=(-2, -1)).sqrt()  # Frobenius norm
+    return w.square().sum(dim=(-2, -1), dtype=torch.float64).sqrt()  # Frobenius norm
 
 
 @matrix_metric
@@ -96,7 +97,8 @@ def code_sparsity(w: Tensor, sv: Tensor) -> Tensor:
 
 @matrix_metric
 def trace(w: Tensor, sv: Tensor) -> Tensor:
-    return w.diagonal(dim1=-2, dim2=-1).sum(dim=-1)  # first min(rows, cols) diagonal entries
+    # the first min(rows, cols) entries of the main diagonal
+    return w.diagonal(dim1=-2, dim2=-1).sum(dim=-1, dtype=torch.float64)
 
 
 @matrix_metric
@@ -120,24 +122,29 @@ def var_sv(w: Tensor, sv: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------ value metrics
+# ``values`` keep the weights' dtype (no float64 copy of every weight); sums
+# accumulate in float64, so a mean near zero keeps its relative accuracy.
 
 
 @value_metric
 def mean(values: Tensor) -> Tensor:
-    return values.mean()
+    return values.sum(dtype=torch.float64) / values.numel()
 
 
 @value_metric
 def median(values: Tensor) -> Tensor:
-    # numpy's median averages the two middle values for an even count, as the
-    # definition does (torch.median returns the lower one), and partitions in
-    # O(n), where torch.kthvalue was the slowest part of a checkpoint.
-    return torch.tensor(np.median(values.detach().cpu().numpy()))
+    # The average of the two middle values for an even count, as the definition
+    # (and numpy) says; torch.median would return the lower one. np.partition
+    # finds both in O(n), where torch.kthvalue was the slowest part of a checkpoint.
+    n = values.numel()
+    middle = np.partition(values.detach().cpu().numpy(), [(n - 1) // 2, n // 2])
+    return torch.tensor((float(middle[(n - 1) // 2]) + float(middle[n // 2])) / 2)
 
 
 @value_metric
 def var(values: Tensor) -> Tensor:
-    return values.var(correction=0)
+    centred = values.double() - mean(values)
+    return centred.square().mean()  # ddof=0
 
 
 WEIGHT_COLUMNS = (
@@ -352,8 +359,8 @@ def _heads(spec: int | tuple[int, int]) -> tuple[int, int]:
 
 def _flat(tensors: list[Tensor]) -> Tensor:
     if not tensors:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat([t.detach().reshape(-1) for t in tensors]).double()
+        return torch.zeros(0)
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
 def _per_matrix_metrics(matrices: list[_Matrix]) -> Tensor:
@@ -374,12 +381,11 @@ def _per_matrix_metrics(matrices: list[_Matrix]) -> Tensor:
     table = torch.empty(len(views), len(MATRIX_METRICS), dtype=torch.float64)
     for positions in by_shape.values():
         stacked = torch.stack([talls[i] for i in positions])  # (G, m, n)
-        # The SVD runs in the weights' own dtype (the cost); the cheap sums and
-        # the statistics of the singular values run in float64 (the accuracy).
-        singular_values = torch.linalg.svdvals(stacked).double().cpu()  # (G, min(m, n))
-        stacked = stacked.double().cpu()
+        # The SVD runs in the weights' own dtype (the cost); sums accumulate and
+        # singular-value statistics run in float64 (the accuracy).
+        singular_values = torch.linalg.svdvals(stacked).double()  # (G, min(m, n))
         columns = [fn(stacked, singular_values) for fn in MATRIX_METRICS.values()]
-        table[positions] = torch.stack(columns, dim=1)
+        table[positions] = torch.stack(columns, dim=1).cpu()
     return table
 
 

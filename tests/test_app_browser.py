@@ -245,6 +245,19 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app):
     rendered = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#curves-graph .shapelayer path")
     assert len(rendered) >= shapes
     assert query(dash_duo)["run"] == "seed-1" and query(dash_duo)["n"] == str(n)
+
+    # PNG export: the modebar's camera button is there and Plotly's toImage works.
+    assert dash_duo.driver.execute_script(
+        "return document.querySelectorAll('#curves-graph [data-title^=\"Download plot\"]').length"
+    )
+    dash_duo.driver.set_script_timeout(20)
+    png = dash_duo.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+        "Plotly.toImage(g, {format: 'png', width: 600, height: 400})"
+        ".then(done, e => done('error: ' + e));"
+    )
+    assert png.startswith("data:image/png;base64,") and len(png) > 5000
     assert_no_console_errors(dash_duo)
 
 
@@ -286,6 +299,18 @@ def test_deep_links_reload(dash_duo, dash_app):
     wait_for(lambda: query(dash_duo).get("n") == str(n), message="n in the URL")
     nav(dash_duo, "Training map")
     wait_map(dash_duo, nodes=n, edges=len(fit.map(n).edges))
+
+    # A broken run in the URL is ignored: the page shows the band, no error.
+    dash_duo.driver.get(f"{base}/curves?experiment={EXPERIMENT}&run=seed-broken&metric=l2")
+    dash_duo.wait_for_contains_text("#curves-metric", "l2", timeout=10)
+    wait_for(
+        lambda: dash_duo.driver.execute_script(
+            "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+            "return g && g.data && g.data.some(t => t.name === 'all seeds mean');"
+        ),
+        message="the all-seeds band",
+    )
+    assert dash_duo.find_element("#curves-run").text.strip() in ("", "none")
 
     # Names from the URL that do not exist (or try to leave the root) are ignored.
     dash_duo.driver.get(f"{base}/map?experiment=..%2F..%2Fetc&n=99&run=..%2Fx")

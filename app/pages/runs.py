@@ -47,6 +47,10 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 page_size=20,
                 style_table={"overflowX": "auto"},
                 style_cell={"textAlign": "left", "fontFamily": "inherit", "padding": "4px 8px"},
+                # Long reasons wrap instead of pushing the other columns off screen.
+                style_cell_conditional=[
+                    {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"}
+                ],
                 style_data_conditional=[
                     {
                         "if": {"filter_query": '{status} = "broken"'},

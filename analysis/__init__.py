@@ -6,20 +6,33 @@ The public API (what the CLI and the dashboard call) is in :mod:`analysis.api`::
     result = fit_experiment("runs", "modadd", max_states=8)
     result.map().edges          # the training map for the selected n
 
-Importing this package must stay cheap and must never import torch.
+Importing this package must stay cheap (``trainmap --help`` imports
+``analysis.cli``) and must never import torch, so the names below are loaded
+from their modules on first use.
 """
 
-from analysis.api import fit_experiment, fit_prepared, list_fits, load_fit
-from analysis.result import EdgeFeature, EdgeInfo, FitResult, StateInfo, TrainingMap
+from __future__ import annotations
 
-__all__ = [
-    "EdgeFeature",
-    "EdgeInfo",
-    "FitResult",
-    "StateInfo",
-    "TrainingMap",
-    "fit_experiment",
-    "fit_prepared",
-    "list_fits",
-    "load_fit",
-]
+import importlib
+
+_EXPORTS = {
+    "fit_experiment": "analysis.api",
+    "fit_prepared": "analysis.api",
+    "list_fits": "analysis.api",
+    "load_fit": "analysis.api",
+    "EdgeFeature": "analysis.result",
+    "EdgeInfo": "analysis.result",
+    "FitResult": "analysis.result",
+    "StateInfo": "analysis.result",
+    "TrainingMap": "analysis.result",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

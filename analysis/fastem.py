@@ -41,69 +41,85 @@ def pad_runs(X: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, np.ndar
 
 
 def log_emissions(Xp: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """log N(x | mu_k, diag(var_k)) for every (run, t, k), by matrix products."""
-    precision = 1.0 / variances  # (K, F)
+    """log N(x | mu_k, diag(var_k)) for every (fit, run, t, k), by matrix products.
+
+    ``means`` and ``variances`` are (S, K, F) for S fits at once; Xp is (R, T, F).
+    """
+    precision = 1.0 / variances  # (S, K, F)
     quad = (
-        (Xp**2) @ precision.T
-        - 2.0 * Xp @ (means * precision).T
-        + (means**2 * precision).sum(axis=1)
+        (Xp**2)[None] @ np.swapaxes(precision, 1, 2)[:, None]
+        - 2.0 * Xp[None] @ np.swapaxes(means * precision, 1, 2)[:, None]
+        + (means**2 * precision).sum(axis=2)[:, None, None, :]
     )
-    log_det = np.log(variances).sum(axis=1)
+    log_det = np.log(variances).sum(axis=2)[:, None, None, :]
     return -0.5 * (Xp.shape[-1] * math.log(2 * math.pi) + log_det + quad)
 
 
-def e_step(Xp, mask, startprob, transmat, means, variances):
-    """Forward-backward for all runs at once.
+def e_step_batch(Xp, mask, startprob, transmat, means, variances):
+    """Forward-backward for S fits and all runs at once (leading axis S).
 
-    Returns the total log-likelihood and the sufficient statistics hmmlearn's
-    M-step uses: start, trans (expected transition counts), post, obs, obs**2.
+    Each time step is one batched matrix product for every fit and run, so the
+    Python loop over time is paid once for all of them. Returns the
+    log-likelihood per fit (S,) and the sufficient statistics of hmmlearn's
+    M-step, each with a leading S axis: start, trans, post, obs, obs**2.
     """
+    S = len(startprob)
     R, T, _ = Xp.shape
-    log_b = log_emissions(Xp, means, variances)
-    shift = log_b.max(axis=2, keepdims=True)  # per-row scaling keeps exp() in range
+    log_b = log_emissions(Xp, means, variances)  # (S, R, T, K)
+    shift = log_b.max(axis=3, keepdims=True)  # per-row scaling keeps exp() in range
     B = np.exp(log_b - shift)
     alpha = np.empty_like(B)
-    scale = np.ones((R, T))
-    a = startprob[None, :] * B[:, 0]
-    scale[:, 0] = a.sum(axis=1)
-    alpha[:, 0] = a / scale[:, 0, None]
+    scale = np.ones((S, R, T))
+    a = startprob[:, None, :] * B[:, :, 0]
+    scale[:, :, 0] = a.sum(axis=2)
+    alpha[:, :, 0] = a / scale[:, :, 0, None]
+    ragged = not mask.all()
     for t in range(1, T):
-        a = (alpha[:, t - 1] @ transmat) * B[:, t]
-        s = a.sum(axis=1)
-        s = np.where(mask[:, t], np.maximum(s, 1e-300), 1.0)  # padded rows: neutral
-        scale[:, t] = s
-        alpha[:, t] = a / s[:, None]
+        a = (alpha[:, :, t - 1] @ transmat) * B[:, :, t]
+        st = np.maximum(a.sum(axis=2), 1e-300)
+        if ragged:  # rows past a run's end: neutral scale, excluded below
+            st = np.where(mask[None, :, t], st, 1.0)
+        scale[:, :, t] = st
+        alpha[:, :, t] = a / st[..., None]
     beta = np.ones_like(B)
+    trans_t = np.swapaxes(transmat, 1, 2)
     for t in range(T - 2, -1, -1):
-        b = (B[:, t + 1] * beta[:, t + 1]) @ transmat.T / scale[:, t + 1, None]
-        beta[:, t] = np.where(mask[:, t + 1, None], b, 1.0)
-    log_likelihood = float((np.log(scale) + shift[..., 0])[mask].sum())
+        b = ((B[:, :, t + 1] * beta[:, :, t + 1]) @ trans_t) / scale[:, :, t + 1, None]
+        beta[:, :, t] = np.where(mask[None, :, t + 1, None], b, 1.0) if ragged else b
+    log_likelihood = ((np.log(scale) + shift[..., 0]) * mask[None]).sum(axis=(1, 2))
 
-    gamma = alpha * beta * mask[..., None]
-    gamma /= np.maximum(gamma.sum(axis=2, keepdims=True), 1e-300)
+    gamma = alpha * beta * mask[None, :, :, None]
+    gamma /= np.maximum(gamma.sum(axis=3, keepdims=True), 1e-300)
     # Expected transitions: sum_t alpha_{t-1}(i) A_ij B_t(j) beta_t(j) / c_t.
-    weighted = B[:, 1:] * beta[:, 1:] / scale[:, 1:, None] * mask[:, 1:, None]
-    trans = transmat * np.einsum("rti,rtj->ij", alpha[:, :-1], weighted)
-    flat_gamma = gamma.reshape(-1, gamma.shape[2])
+    weighted = B[:, :, 1:] * beta[:, :, 1:] / scale[:, :, 1:, None] * mask[None, :, 1:, None]
+    trans = transmat * np.einsum("srti,srtj->sij", alpha[:, :, :-1], weighted)
+    flat_gamma = gamma.reshape(S, -1, gamma.shape[3])  # (S, R*T, K)
     flat_x = Xp.reshape(-1, Xp.shape[2])
     stats = {
-        "start": gamma[:, 0].sum(axis=0),
+        "start": gamma[:, :, 0].sum(axis=1),
         "trans": trans,
-        "post": flat_gamma.sum(axis=0),
-        "obs": flat_gamma.T @ flat_x,
-        "obs**2": flat_gamma.T @ flat_x**2,
+        "post": flat_gamma.sum(axis=1),
+        "obs": np.swapaxes(flat_gamma, 1, 2) @ flat_x,
+        "obs**2": np.swapaxes(flat_gamma, 1, 2) @ flat_x**2,
     }
     return log_likelihood, stats
 
 
+def e_step(Xp, mask, startprob, transmat, means, variances):
+    """Forward-backward for one fit: total log-likelihood and hmmlearn's statistics."""
+    batch = [np.asarray(p, dtype=float)[None] for p in (startprob, transmat, means, variances)]
+    log_likelihood, stats = e_step_batch(Xp, mask, *batch)
+    return float(log_likelihood[0]), {key: value[0] for key, value in stats.items()}
+
+
 def m_step(stats, startprob, transmat):
-    """hmmlearn's M-step for a diagonal GaussianHMM with its default priors."""
+    """hmmlearn's M-step for diagonal GaussianHMMs with its default priors (batched)."""
     start = np.where(startprob == 0, 0, np.maximum(stats["start"], 0))
-    start = start / max(start.sum(), 1e-300)
+    start = start / np.maximum(start.sum(axis=-1, keepdims=True), 1e-300)
     trans = np.where(transmat == 0, 0, np.maximum(stats["trans"], 0))
-    rows = trans.sum(axis=1, keepdims=True)
+    rows = trans.sum(axis=-1, keepdims=True)
     trans = np.where(rows > 0, trans / np.where(rows > 0, rows, 1), transmat)
-    denom = stats["post"][:, None]
+    denom = stats["post"][..., None]
     means = stats["obs"] / denom
     c_n = stats["obs**2"] - 2 * means * stats["obs"] + means**2 * denom
     variances = (COVARS_PRIOR + c_n) / np.maximum(denom, 1e-5)
@@ -134,26 +150,53 @@ def init_params(X: np.ndarray, n_states: int, random_state: int, n_init: int = 1
     return startprob, transmat, means.cluster_centers_, variances
 
 
-def fit_diag(X, lengths, n_states, *, n_iter=100, tol=1e-2, random_state=0, params=None):
-    """Fit a diagonal Gaussian HMM; returns (arrays, history, converged).
+def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2):
+    """Run EM for several diagonal HMMs with the same n on the same data at once.
 
-    ``arrays`` has startprob, transmat, means and covars (variances, (n, F)),
-    as :func:`analysis.model.model_arrays`. ``params`` (a tuple of start,
-    trans, means, variances) skips the initialisation.
+    ``starts`` is a list of initial (startprob, transmat, means, variances), one
+    per restart. Each restart follows exactly hmmlearn's EM and stops on its own
+    (after ``n_iter`` iterations or a gain below ``tol``); stopped ones are no
+    longer computed. Returns one (arrays, history, converged) per restart.
     """
     X = np.asarray(X, dtype=float)
     Xp, mask = pad_runs(X, lengths)
+    params = [np.stack([np.asarray(p[i], dtype=float) for p in starts]) for i in range(4)]
+    S = len(starts)
+    histories: list[list[float]] = [[] for _ in range(S)]
+    converged = np.zeros(S, dtype=bool)
+    active = np.arange(S)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        for _ in range(n_iter):
+            current = [p[active] for p in params]
+            log_likelihood, stats = e_step_batch(Xp, mask, *current)
+            updated = m_step(stats, current[0], current[1])
+            for p, new in zip(params, updated):
+                p[active] = new
+            still = []
+            for j, s in enumerate(active):
+                histories[s].append(float(log_likelihood[j]))
+                h = histories[s]
+                if len(h) >= 2 and h[-1] - h[-2] < tol:
+                    converged[s] = True  # also stops a fit whose likelihood went NaN
+                elif np.isfinite(h[-1]):
+                    still.append(s)
+            active = np.array(still, dtype=int)
+            if not len(active):
+                break
+    names = ("startprob", "transmat", "means", "covars")
+    return [
+        ({name: params[i][s] for i, name in enumerate(names)}, histories[s], bool(converged[s]))
+        for s in range(S)
+    ]
+
+
+def fit_diag(X, lengths, n_states, *, n_iter=100, tol=1e-2, random_state=0, params=None):
+    """Fit one diagonal Gaussian HMM; returns (arrays, history, converged).
+
+    ``arrays`` has startprob, transmat, means and covars (variances, (n, F)),
+    as :func:`analysis.model.model_arrays`. ``params`` (a tuple of start,
+    trans, means, variances) skips hmmlearn's initialisation.
+    """
     if params is None:
-        params = init_params(X, n_states, random_state)
-    startprob, transmat, means, variances = (np.array(p, dtype=float) for p in params)
-    history: list[float] = []
-    converged = False
-    for _ in range(n_iter):
-        log_likelihood, stats = e_step(Xp, mask, startprob, transmat, means, variances)
-        startprob, transmat, means, variances = m_step(stats, startprob, transmat)
-        history.append(log_likelihood)
-        if len(history) >= 2 and history[-1] - history[-2] < tol:
-            converged = True
-            break
-    arrays = {"startprob": startprob, "transmat": transmat, "means": means, "covars": variances}
-    return arrays, history, converged
+        params = init_params(np.asarray(X, dtype=float), n_states, random_state)
+    return fit_diag_batch(X, lengths, [params], n_iter=n_iter, tol=tol)[0]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 COVARIANCE_TYPES = ("diag", "full")
 # "bic_best" etc. name a column of the sweep table and whether lower is better.
@@ -53,6 +54,7 @@ SWEEP_COLUMNS = [
     "best_restart",
     "n_params",
     "seconds",
+    "error",  # the first failure's message ("" if none)
 ]
 
 
@@ -98,26 +100,66 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     }
 
 
-def fit_one(
+# The batched numpy engine holds a few (restarts, runs, T, n) arrays; above this
+# many elements per array it would need too much memory, and the sweep falls
+# back to hmmlearn, which works one run at a time.
+BATCH_LIMIT = 3_000_000
+
+
+def _score(record, model, arrays, X, lengths, X_held, lengths_held, converged, n_done):
+    """Fill ``record`` with likelihoods and criteria of a fitted model (raises if degenerate)."""
+    p = record["n_params"]
+    if not all(np.isfinite(v).all() for v in arrays.values()):
+        raise ValueError("degenerate fit: non-finite parameters")
+    train_ll = float(model.score(X, lengths))
+    held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
+    held_ll, posteriors = model.score_samples(held, held_lengths)
+    if not (np.isfinite(train_ll) and np.isfinite(held_ll)):
+        raise ValueError("degenerate fit: non-finite log-likelihood")
+    T = len(held)
+    # ICL = BIC + 2 * entropy of the posterior state assignments: it
+    # penalises states whose assignments overlap (Biernacki et al. 2000).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(posteriors > 0, posteriors * np.log(posteriors), 0.0))
+    record.update(
+        ok=True,
+        train_ll=train_ll,
+        heldout_ll=float(held_ll),
+        aic=-2 * held_ll + 2 * p,
+        bic=-2 * held_ll + p * math.log(T),
+        icl=-2 * held_ll + p * math.log(T) + 2 * float(entropy),
+        converged=bool(converged),
+        n_iter=int(n_done),
+        arrays=arrays,
+    )
+
+
+def fit_restarts(
     X: np.ndarray,
     lengths: Sequence[int],
     X_held: np.ndarray,
     lengths_held: Sequence[int],
     n_states: int,
-    restart: int,
+    restarts: Sequence[int],
     *,
     covariance_type: str = "diag",
     n_iter: int = 100,
     tol: float | None = None,
     seed: int = 0,
     kmeans_n_init: int = 1,
-    engine: str = "hmmlearn",
-) -> dict:
-    """Fit one GaussianHMM and score it on the held-out runs. Never raises.
+    engine: str = "numpy",
+) -> list[dict]:
+    """Fit GaussianHMMs with ``n_states`` for the given restarts; score on held-out runs.
 
-    Returns a dict with ``ok`` (False with ``error`` on failure), the
+    Never raises: each record has ``ok`` (False with ``error`` on failure), the
     train and held-out log-likelihoods, AIC, BIC and ICL on the held-out rows,
-    ``converged``, ``n_iter`` and the fitted ``arrays``.
+    ``converged`` (tolerance reached), ``n_iter`` and the fitted ``arrays``.
+
+    Restart r starts from hmmlearn's initialisation with ``random_state =
+    1000 * seed + r`` (k-means with ``kmeans_n_init`` runs; hmmlearn uses 10).
+    ``engine="numpy"`` (diag only) runs the restarts' EM together in
+    :mod:`analysis.fastem`, the same algorithm as hmmlearn's; otherwise, or
+    when the data are too large to batch, each restart is ``GaussianHMM.fit``.
     """
     from hmmlearn.hmm import GaussianHMM
     from threadpoolctl import threadpool_limits
@@ -125,85 +167,95 @@ def fit_one(
     from analysis import fastem
 
     started = time.perf_counter()
-    record = {"n": n_states, "restart": restart, "ok": False, "error": None}
-    n_features = X.shape[1]
-    p = n_parameters(n_states, n_features, covariance_type)
-    record["n_params"] = p
-    try:
-        # Too few points: fewer rows than states (k-means cannot start) or
-        # fewer train rows than free parameters (the fit is not identified).
-        if len(X) < n_states or len(X) <= p:
-            raise ValueError(f"too few points: {len(X)} train rows for {p} parameters")
-        random_state = seed * 1000 + restart
-        if tol is None:  # stop when a step gains less than 1e-4 nats per train checkpoint
-            tol = 1e-4 * len(X)
-        with warnings.catch_warnings(), threadpool_limits(1):
-            # hmmlearn warns (not raises) on some degenerate cases; we check
-            # below. One BLAS/OpenMP thread per fit: the sweep is parallel
-            # across fits already, and oversubscribed threads only slow it down.
-            warnings.simplefilter("ignore")
-            if engine == "numpy" and covariance_type == "diag":
-                start = fastem.init_params(X, n_states, random_state, n_init=kmeans_n_init)
-                arrays, history, converged = fastem.fit_diag(
-                    X, lengths, n_states, n_iter=n_iter, tol=tol, params=start
-                )
-                model = make_model(arrays, covariance_type)
-                n_done = len(history)
-            else:
-                model = GaussianHMM(
-                    n_components=n_states,
-                    covariance_type=covariance_type,
-                    n_iter=n_iter,
-                    tol=tol,
-                    random_state=random_state,
-                    init_params="" if kmeans_n_init != 10 else "stmc",
-                )
-                if kmeans_n_init != 10:
-                    # hmmlearn's own initialisation, with fewer k-means runs.
+    p = n_parameters(n_states, X.shape[1], covariance_type)
+    records = [
+        {"n": n_states, "restart": r, "ok": False, "error": None, "n_params": p} for r in restarts
+    ]
+    if tol is None:  # stop when a step gains less than 1e-4 nats per train checkpoint
+        tol = 1e-4 * len(X)
+    # Too few points: fewer rows than states (k-means cannot start) or no more
+    # train rows than free parameters (the fit is not identified).
+    if len(X) < n_states or len(X) <= p:
+        for record in records:
+            record["error"] = f"too few points: {len(X)} train rows for {p} parameters"
+            record["seconds"] = 0.0
+        return records
+    batched = (
+        engine == "numpy"
+        and covariance_type == "diag"
+        and len(restarts) * len(lengths) * max(lengths) * n_states <= BATCH_LIMIT
+    )
+    # One BLAS/OpenMP thread per fit: the sweep is parallel across fits
+    # already, and oversubscribed threads only slow it down. hmmlearn warns
+    # (not raises) on some degenerate cases; _score checks for them.
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")
+        if batched:
+            try:
+                starts = [
+                    fastem.init_params(X, n_states, 1000 * seed + r, n_init=kmeans_n_init)
+                    for r in restarts
+                ]
+                fits = fastem.fit_diag_batch(X, lengths, starts, n_iter=n_iter, tol=tol)
+            except Exception:  # e.g. k-means on degenerate data: try one by one
+                batched = False
+        for i, record in enumerate(records):
+            one_started = time.perf_counter()
+            try:
+                if batched:
+                    arrays, history, converged = fits[i]
+                    model = make_model(arrays, covariance_type)
+                    n_done = len(history)
+                else:
+                    model = GaussianHMM(
+                        n_components=n_states,
+                        covariance_type=covariance_type,
+                        n_iter=n_iter,
+                        tol=tol,
+                        random_state=1000 * seed + record["restart"],
+                        init_params="",
+                    )
+                    # hmmlearn's own initialisation, with kmeans_n_init k-means runs.
                     start = fastem.init_params(
                         X,
                         n_states,
-                        random_state,
+                        1000 * seed + record["restart"],
                         n_init=kmeans_n_init,
                         full=covariance_type == "full",
                     )
                     model.n_features = X.shape[1]
                     model.startprob_, model.transmat_, model.means_ = start[:3]
                     model.covars_ = start[3]
-                model.fit(X, lengths)
-                # hmmlearn's monitor_.converged is also True when n_iter ran
-                # out; we report convergence only if the tolerance was reached.
-                history = list(model.monitor_.history)
-                converged = len(history) >= 2 and history[-1] - history[-2] < tol
-                n_done = model.monitor_.iter
-            train_ll = float(model.score(X, lengths))
-            held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
-            held_ll, posteriors = model.score_samples(held, held_lengths)
-        arrays = model_arrays(model)
-        if not all(np.isfinite(v).all() for v in arrays.values()):
-            raise ValueError("degenerate fit: non-finite parameters")
-        if not (np.isfinite(train_ll) and np.isfinite(held_ll)):
-            raise ValueError("degenerate fit: non-finite log-likelihood")
-        T = len(held)
-        # ICL = BIC + 2 * entropy of the posterior state assignments: it
-        # penalises states whose assignments overlap (Biernacki et al. 2000).
-        with np.errstate(divide="ignore", invalid="ignore"):
-            entropy = -np.nansum(np.where(posteriors > 0, posteriors * np.log(posteriors), 0.0))
-        record.update(
-            ok=True,
-            train_ll=train_ll,
-            heldout_ll=float(held_ll),
-            aic=-2 * held_ll + 2 * p,
-            bic=-2 * held_ll + p * math.log(T),
-            icl=-2 * held_ll + p * math.log(T) + 2 * float(entropy),
-            converged=bool(converged),
-            n_iter=int(n_done),
-            arrays=arrays,
-        )
-    except Exception as error:  # a failed fit is data for the sweep table
-        record["error"] = f"{type(error).__name__}: {error}"
-    record["seconds"] = time.perf_counter() - started
-    return record
+                    model.fit(X, lengths)
+                    # hmmlearn's monitor_.converged is also True when n_iter ran
+                    # out; we report convergence only if the tolerance was reached.
+                    history = list(model.monitor_.history)
+                    converged = len(history) >= 2 and history[-1] - history[-2] < tol
+                    n_done = model.monitor_.iter
+                _score(
+                    record,
+                    model,
+                    model_arrays(model),
+                    X,
+                    lengths,
+                    X_held,
+                    lengths_held,
+                    converged,
+                    n_done,
+                )
+            except Exception as error:  # a failed fit is data for the sweep table
+                record["error"] = f"{type(error).__name__}: {error}"
+            record["seconds"] = time.perf_counter() - one_started
+    if batched:  # the batched EM's time, shared evenly between its restarts
+        shared = (time.perf_counter() - started - sum(r["seconds"] for r in records)) / len(records)
+        for record in records:
+            record["seconds"] += shared
+    return records
+
+
+def fit_one(X, lengths, X_held, lengths_held, n_states, restart, **kwargs) -> dict:
+    """One (n, restart) fit: :func:`fit_restarts` for a single restart."""
+    return fit_restarts(X, lengths, X_held, lengths_held, n_states, [restart], **kwargs)[0]
 
 
 def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
@@ -216,6 +268,7 @@ def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
         row.update(n=n, feasible=bool(good), failures=len(mine) - len(good))
         row["n_params"] = mine[0]["n_params"] if mine else np.nan
         row["seconds"] = float(sum(r["seconds"] for r in mine))
+        row["error"] = next((r["error"] for r in mine if r["error"]), "")
         if good:
             best = max(good, key=lambda r: r["heldout_ll"])  # the best restart (METHOD 2.5)
             for key in ("heldout_ll", "aic", "bic"):
@@ -265,7 +318,7 @@ def run_sweep(
     tol: float | None = None,
     seed: int = 0,
     kmeans_n_init: int = 1,
-    engine: str = "hmmlearn",
+    engine: str = "numpy",
     workers: int = 2,
     backend: str = "loky",
     scheduler: str | None = None,
@@ -285,8 +338,6 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     states = list(states) if states is not None else list(range(1, max_states + 1))
-    # Largest n first: they take longest, so the pool stays busy to the end.
-    tasks = [(n, r) for n in sorted(states, reverse=True) for r in range(restarts)]
     kwargs = dict(
         covariance_type=covariance_type,
         n_iter=n_iter,
@@ -295,8 +346,18 @@ def run_sweep(
         kmeans_n_init=kmeans_n_init,
         engine=engine,
     )
-    job = joblib.delayed(fit_one)
-    calls = [job(X, lengths, X_held, lengths_held, n, r, **kwargs) for n, r in tasks]
+    # The numpy engine fits all restarts of one n together (one task per n);
+    # hmmlearn fits are one task per (n, restart). Largest n first: they take
+    # longest, so the pool stays busy to the end.
+    per_task = restarts if engine == "numpy" and covariance_type == "diag" else 1
+    tasks = [
+        (n, list(range(r, min(r + per_task, restarts))))
+        for n in sorted(states, reverse=True)
+        for r in range(0, restarts, per_task)
+    ]
+    total = len(states) * restarts
+    job = joblib.delayed(fit_restarts)
+    calls = [job(X, lengths, X_held, lengths_held, n, rs, **kwargs) for n, rs in tasks]
 
     client = None
     if backend == "dask":
@@ -311,15 +372,15 @@ def run_sweep(
     records = []
     if progress_bar is None:  # a bar only where someone watches (a terminal)
         progress_bar = sys.stderr.isatty()
-    bar = tqdm(total=len(tasks), desc="HMM sweep", unit="fit", disable=not progress_bar)
+    bar = tqdm(total=total, desc="HMM sweep", unit="fit", disable=not progress_bar)
     try:
         with context:
             parallel = joblib.Parallel(n_jobs=workers, return_as="generator_unordered")
-            for record in parallel(calls):
-                records.append(record)
-                bar.update(1)
+            for done in parallel(calls):
+                records.extend(done)
+                bar.update(len(done))
                 if progress is not None:
-                    progress(len(records) / len(tasks))
+                    progress(len(records) / total)
     finally:
         bar.close()
         if client is not None:
@@ -328,7 +389,7 @@ def run_sweep(
     return records
 
 
-class StateSelector:
+class StateSelector(BaseEstimator):
     """Fit Gaussian HMMs for n = 1..max_states and pick n by a criterion.
 
     Parameters
@@ -341,7 +402,8 @@ class StateSelector:
     n_iter, tol : EM iterations and convergence tolerance per fit; ``tol=None``
         stops when an iteration gains less than 1e-4 nats per train checkpoint.
     kmeans_n_init : k-means runs in the initialisation (hmmlearn uses 10).
-    engine : "hmmlearn" or "numpy" (analysis.fastem, diag only; same algorithm).
+    engine : "numpy" (diag: restarts batched in analysis.fastem, the same EM as
+        hmmlearn's) or "hmmlearn" (GaussianHMM.fit per restart; always for full).
     workers, backend, scheduler : parallelism (see :func:`run_sweep`).
     random_state : seed of the restarts.
 
@@ -361,7 +423,7 @@ class StateSelector:
         n_iter=100,
         tol=None,
         kmeans_n_init=1,
-        engine="hmmlearn",
+        engine="numpy",
         workers=2,
         backend="loky",
         scheduler=None,

@@ -86,7 +86,9 @@ class FitResult:
 
     ``sweep`` has one row per n with columns: n, feasible, failures, converged,
     train_ll, heldout_ll_mean, heldout_ll_std, heldout_ll_best, aic_mean,
-    aic_std, aic_best, bic_mean, bic_std, bic_best, icl_best (NaN where infeasible).
+    aic_std, aic_best, bic_mean, bic_std, bic_best, icl_best (NaN where infeasible);
+    analysis also adds n_iter_mean, best_restart, n_params, seconds and error
+    (the first failed restart's message, "" if none).
     """
 
     experiment: str

@@ -130,7 +130,7 @@ def result_from_payload(payload: dict) -> FitResult:
     """Rebuild a FitResult from a saved payload (null floats come back as NaN)."""
     sweep = pd.DataFrame(payload["sweep"], columns=payload["sweep_columns"])
     for column in sweep.columns:
-        if column not in ("feasible",):
+        if column not in ("feasible", "error"):
             sweep[column] = pd.to_numeric(sweep[column], errors="coerce")
     sweep["feasible"] = sweep["feasible"].astype(bool)
     for column in ("n", "failures"):

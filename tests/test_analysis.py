@@ -323,3 +323,20 @@ def test_cli_prints_table_selection_and_map(experiment, capsys):
     assert "not an experiment directory" in capsys.readouterr().err
     assert trainmap(["fit", str(root / "exp"), "--features", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_state_selector_follows_sklearn_conventions():
+    from sklearn.base import clone
+    from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
+
+    from analysis.model import StateSelector
+
+    selector = StateSelector(max_states=3, restarts=2, workers=1)
+    check_no_attributes_set_in_init("StateSelector", selector)
+    assert clone(selector).get_params() == selector.get_params()
+    with pytest.raises(ValueError, match="covariance_type"):  # validated in fit, not __init__
+        StateSelector(covariance_type="tied").fit(np.zeros((10, 2)), [10])
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    fitted = selector.fit(X[:40], [20, 20], X[40:], [20])
+    assert fitted is selector and selector.n_components_ in selector.models_
+    assert list(selector.sweep_["n"]) == [1, 2, 3]

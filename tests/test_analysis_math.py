@@ -105,3 +105,20 @@ def test_vectorised_em_is_hmmlearns_em():
     theirs, _ = reference._do_estep(stacked, lengths)
     for key in ("start", "trans", "post", "obs", "obs**2"):
         assert np.allclose(stats[key], theirs[key], atol=1e-8)
+
+
+def test_batched_restarts_equal_separate_fits():
+    from analysis.fastem import fit_diag, fit_diag_batch, init_params
+
+    X, _ = small_data()
+    stacked, lengths = np.concatenate(X), [len(x) for x in X]
+    starts = [init_params(stacked, 3, r, n_init=1) for r in range(3)]
+    batch = fit_diag_batch(stacked, lengths, starts, n_iter=30, tol=1e-3)
+    for start, (arrays, history, converged) in zip(starts, batch):
+        alone, alone_history, alone_converged = fit_diag(
+            stacked, lengths, 3, n_iter=30, tol=1e-3, params=start
+        )
+        assert len(history) == len(alone_history) and converged == alone_converged
+        assert history == pytest.approx(alone_history, rel=1e-12)
+        for key in arrays:
+            assert np.allclose(arrays[key], alone[key], atol=1e-10)

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("--max-states", type=int, default=6, help="largest HMM to try")
     parser.add_argument("--restarts", type=int, default=3, help="HMM restarts per size")
+    parser.add_argument(
+        "--n-states", type=int, default=None, help="use this many states instead of the selected n"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
     parser.add_argument("--no-serve", action="store_true", help="train and fit, then exit")
@@ -40,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     # Imported here so `trainmap --help` stays fast.
     from analysis import fit_experiment
-    from trainer.train import train_seeds
-    from trainer.train_cli import parse_seeds
+    from trainer.errors import UserError
+    from trainer.train import parse_seeds, train_seeds
 
     experiment = f"{args.task}-{args.preset}"
     seeds = parse_seeds(args.seeds)
@@ -66,13 +69,17 @@ def main(args: argparse.Namespace) -> int:
 
     fit_started = time.time()
     print(f"[2/3] fitting HMMs with 1..{args.max_states} states, {args.restarts} restarts each")
-    fit = fit_experiment(
-        args.root,
-        experiment,
-        max_states=args.max_states,
-        restarts=args.restarts,
-        workers=args.workers,
-    )
+    try:
+        fit = fit_experiment(
+            args.root,
+            experiment,
+            max_states=args.max_states,
+            restarts=args.restarts,
+            n_states=args.n_states,
+            workers=args.workers,
+        )
+    except ValueError as error:  # analysis explains bad input in the message
+        raise UserError(str(error)) from None
     training_map = fit.map()
     print(
         f"      selected {fit.selected_n} states, {len(training_map.edges)} transitions "

@@ -157,16 +157,30 @@ def _run_summary(root: str, experiment: str, run: str, run_fp: str) -> dict:
     return row
 
 
-def run_names(root: str, experiment: str, fp: str, readable_only: bool = True) -> list[str]:
-    return [
-        r["run"]
-        for r in run_summaries(root, experiment, fp)
-        if not (readable_only and r["status"] == rundir.BROKEN)
-    ]
+def run_names(root: str, experiment: str, fp: str | None = None) -> list[str]:
+    """Names of the run directories of an experiment (a listing, no file is read).
+
+    Pages that need one run's data use this rather than ``run_summaries``:
+    summarizing reads every run's metrics, which for hundreds of long runs
+    takes minutes on a cold cache. A broken run is found out when it is loaded
+    (``load_run_metrics`` returns None).
+    """
+    try:
+        exp_path = rundir.experiment_path(root, experiment)
+        return sorted(
+            child.name
+            for child in exp_path.iterdir()
+            if child.is_dir() and not child.name.startswith(".")
+        )
+    except (rundir.RunDirError, OSError):
+        return []
 
 
 def valid_run(root: str, experiment: str, fp: str, name: str | None) -> str | None:
-    return name if name and name in run_names(root, experiment, fp) else None
+    """``name`` if it is a readable run of the experiment, else None (never raises)."""
+    if not name or name not in run_names(root, experiment):
+        return None
+    return name if load_run_metrics(root, experiment, name) is not None else None
 
 
 @cache.memoize()
@@ -188,10 +202,14 @@ def load_run_metrics(root: str, experiment: str, run: str) -> pd.DataFrame | Non
 
 
 @cache.memoize()
-def metric_names(root: str, experiment: str, fp: str) -> list[str]:
-    """Metric columns, in first-seen order over the experiment's readable runs."""
+def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[str]:
+    """Metric columns, in first-seen order over the first ``sample`` readable runs.
+
+    Runs of one experiment log the same columns, so a few runs tell; reading
+    all of them would make the first view of a 400-run experiment take minutes.
+    """
     names: dict[str, None] = {}
-    for run in run_names(root, experiment, fp):
+    for run in run_names(root, experiment, fp)[:sample]:
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
             names.update(dict.fromkeys(figures.metric_columns(frame.columns)))

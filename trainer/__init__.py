@@ -7,7 +7,7 @@ torch-based parts are imported when first used, e.g. ``from trainer import Track
 
 __version__ = "0.1.0"
 
-_LAZY = {"Tracker": "trainer.tracker"}
+_LAZY = {"Tracker": "trainer.tracker", "train_seeds": "trainer.train"}
 
 
 def __getattr__(name):

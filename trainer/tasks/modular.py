@@ -9,14 +9,25 @@ and trains with batch 256 (METHOD.md §5).
 Presets
 -------
 ``paper``  the configuration above, 20000 epochs, a checkpoint every 100.
-``quick``  grokks on a CPU in seconds per seed. Measured (see the report in
-           ``trainer/train.py``): every one of 8 seeds goes from chance (~1/p)
-           to >= 0.9 eval accuracy. Changes from the paper, each to shorten the
-           memorise-then-generalise delay without removing it: p = 59 (fewer
-           pairs: cheaper steps), 50% train (more data shortens the plateau),
-           lr 3e-3, d_model 64 / MLP 256 (cheaper), 1200 full-batch epochs,
-           a checkpoint every 10 (120 rows per run for the HMM).
-``tiny``   a few seconds per seed, for tests; it does not have to grok.
+``quick``  shows the phase transition on a CPU in about 15 s of CPU time per
+           seed: 400 full-batch epochs, a checkpoint every 4 (100 rows per run).
+           Changes from the paper, each to shorten the run without removing the
+           jump: p = 59 (a quarter of the pairs: cheaper steps), 60% train (more
+           data shortens the plateau), d_model 64 / MLP 256 (cheaper), AdamW lr
+           3e-3 and weight decay 2.0 (the weight norm, and with it the
+           memorising solution, decays faster).
+           Measured 2026-11-27 on 2 cores shared with other jobs (load average
+           about 5): ``trainmap train --task modadd --preset quick --seeds 0-7
+           --workers 2`` took 2 min 50 s wall (2 min CPU); every seed starts at
+           chance (eval acc ~0.01) and ends at eval acc 0.966-1.000; the first
+           checkpoint with eval acc >= 0.9 is at epoch 108-368 (seed 7 is the
+           slowest, at 368), after train acc reached 0.99 at epoch 104-364.
+``tiny``   a second or two per seed, for tests; it does not have to generalise.
+
+The LayerNorm variant's presets are the same with LayerNorm on and batch 256
+(its ``quick`` runs 300 epochs, a checkpoint every 3). Measured for seed 0 only:
+22 s CPU; train acc 0.99 at epoch 36, eval acc >= 0.9 from epoch 33: no delay,
+as the paper reports for LayerNorm.
 """
 
 from __future__ import annotations
@@ -49,7 +60,15 @@ PAPER = dict(
 PRESETS = {
     "paper": PAPER,
     "quick": dict(
-        PAPER, p=59, train_fraction=0.5, d_model=64, d_mlp=256, lr=3e-3, epochs=1200, eval_every=10
+        PAPER,
+        p=59,
+        train_fraction=0.6,
+        d_model=64,
+        d_mlp=256,
+        lr=3e-3,
+        weight_decay=2.0,
+        epochs=400,
+        eval_every=4,
     ),
     "tiny": dict(PAPER, p=23, train_fraction=0.5, d_model=32, d_mlp=64, epochs=40, eval_every=4),
 }

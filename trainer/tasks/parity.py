@@ -6,7 +6,11 @@ SGD lr 0.1, weight decay 0.01, batch 32, hinge loss. The relevant bits are
 drawn from the seed, like the data. Chance accuracy is 0.5.
 
 Presets: ``paper`` (hidden width 1000, 300 epochs, a checkpoint every epoch),
-``quick`` (width 256, 150 epochs), ``tiny`` (for tests).
+``quick`` (width 256, 150 epochs, 150 checkpoints), ``tiny`` (for tests).
+Measured for ``quick``, seed 0, on 2 shared cores: 5.6 s CPU (16 s wall under
+load); train acc reached 0.99 at epoch 48 and eval acc 0.9 only at epoch 77,
+ending at 1.0 (a delayed generalisation, like grokking). Other seeds were not
+measured.
 """
 
 from __future__ import annotations

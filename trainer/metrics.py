@@ -134,11 +134,15 @@ def mean(values: Tensor) -> Tensor:
 @value_metric
 def median(values: Tensor) -> Tensor:
     # The average of the two middle values for an even count, as the definition
-    # (and numpy) says; torch.median would return the lower one. np.partition
-    # finds both in O(n), where torch.kthvalue was the slowest part of a checkpoint.
-    n = values.numel()
-    middle = np.partition(values.detach().cpu().numpy(), [(n - 1) // 2, n // 2])
-    return torch.tensor((float(middle[(n - 1) // 2]) + float(middle[n // 2])) / 2)
+    # (and numpy) says; torch.median would return the lower one. One O(n)
+    # np.partition puts the upper middle value in place with everything smaller
+    # before it, so the lower middle value is the largest of those.
+    array = values.detach().cpu().numpy()
+    n = array.size
+    upper = n // 2
+    parted = np.partition(array, upper)
+    lower = parted[upper] if n % 2 else parted[:upper].max()
+    return torch.tensor((float(lower) + float(parted[upper])) / 2)
 
 
 @value_metric

@@ -171,10 +171,12 @@ def test_digits_conv_kernels_are_reshaped(tmp_path):
 
 def test_divergence_ends_the_run_as_diverged_not_a_crash(tmp_path):
     (summary,) = train_seeds(
-        "parity", seeds=[0], root=tmp_path, experiment="x", workers=1, lr=1e30, **TINY
-    )
+        "parity", seeds=[0], root=tmp_path, experiment="x", workers=1, lr=1e30, eval_every=100,
+        **TINY,
+    )  # fmt: skip
     assert summary.status == "diverged"
     epoch = summary.meta["diverged_at_epoch"]
+    assert epoch < 6  # caught when the loss blew up, not at the next scheduled checkpoint
     frame = metrics_of(tmp_path, "x", 0)
     assert frame["epoch"].iloc[-1] == epoch and math.isnan(frame["l2"].iloc[-1])
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -132,8 +133,11 @@ def train_run(
                     correct += task.correct(outputs.detach(), targets)
                 bar.update(1)
 
-                # --- checkpoint: metrics row, then the state to resume from
-                if epoch % config.eval_every == 0 or epoch == config.epochs:
+                # --- checkpoint: metrics row, then the state to resume from. A
+                # non-finite loss forces one now, so a divergence is caught (and
+                # the run ended) at once rather than eval_every epochs later.
+                exploding = not math.isfinite(float(loss_sum))
+                if epoch % config.eval_every == 0 or epoch == config.epochs or exploding:
                     scalars = {
                         "train_loss": float(loss_sum) / n_train,
                         "train_acc": float(correct) / n_train,

@@ -25,6 +25,15 @@ def log_emissions(model, X: np.ndarray) -> np.ndarray:
 def filtered_posterior(model, X: np.ndarray) -> np.ndarray:
     """p(s_t = h | z_1..t) for one run, shape (T, n): the normalised forward pass."""
     log_b = log_emissions(model, X)
+    try:
+        # hmmlearn's own C++ forward pass (log space): fast on long runs.
+        from hmmlearn import _hmmc
+
+        _, alpha = _hmmc.forward_log(model.startprob_, model.transmat_, log_b)
+        alpha = alpha - logsumexp(alpha, axis=1, keepdims=True)
+        return np.exp(alpha)
+    except (ImportError, AttributeError, TypeError):  # a future hmmlearn: plain numpy
+        pass
     log_start = np.log(np.maximum(model.startprob_, 1e-300))
     log_trans = np.log(np.maximum(model.transmat_, 1e-300))
     alpha = np.empty_like(log_b)

@@ -35,11 +35,9 @@ def canonical_order(paths: Sequence[np.ndarray], epochs: Sequence[np.ndarray], n
     """
     first = [[] for _ in range(n)]
     for path, epoch in zip(paths, epochs):
-        seen = set()
-        for t, state in enumerate(path):
-            if state not in seen:
-                seen.add(state)
-                first[state].append(epoch[t])
+        states, first_index = np.unique(np.asarray(path), return_index=True)
+        for state, t in zip(states, first_index):
+            first[int(state)].append(epoch[t])
     keys = [(np.mean(f) if f else np.inf, old) for old, f in enumerate(first)]
     return [old for _, old in sorted(keys)]
 

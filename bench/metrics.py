@@ -128,7 +128,7 @@ def main() -> None:
 
     shapes = sorted({tuple(p.shape) for n, p in model.named_parameters() if p.dim() >= 2})
     print("weight metrics per checkpoint, paper modular-addition transformer (1 torch thread)")
-    print(f"  matrices: {len(metrics._model_level[0])}, shapes {shapes}")
+    print(f"  matrices: {metrics.n_matrices}, shapes {shapes}")
     print(f"  hook points: {', '.join(task.hook_points)}; columns: {len(ours)}")
     print(
         f"  matrix metrics: {', '.join(MATRIX_METRICS)}; value metrics: {', '.join(VALUE_METRICS)}"

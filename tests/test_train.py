@@ -169,6 +169,15 @@ def test_digits_conv_kernels_are_reshaped(tmp_path):
     assert metrics_of(tmp_path, "d", 0)["conv2/spectral"].gt(0).all()
 
 
+def test_split_heads_makes_each_attention_head_a_matrix(reference, tmp_path):
+    train_seeds("modadd", seeds=[0], root=tmp_path, experiment="h", split_heads=True, **TINY)
+    split, whole = metrics_of(tmp_path, "h", 0), metrics_of(reference, "ref", 0)
+    # same training (metrics never change the weights), different matrices for attention
+    pd.testing.assert_series_equal(split["eval_loss"], whole["eval_loss"])
+    assert (split["blocks.0.attn/spectral"] < whole["blocks.0.attn/spectral"]).all()
+    pd.testing.assert_series_equal(split["blocks.0.mlp/spectral"], whole["blocks.0.mlp/spectral"])
+
+
 def test_divergence_ends_the_run_as_diverged_not_a_crash(tmp_path):
     (summary,) = train_seeds(
         "parity", seeds=[0], root=tmp_path, experiment="x", workers=1, lr=1e30, eval_every=100,

@@ -174,7 +174,7 @@ def resolve_hook_points(
 ) -> list[str]:
     """Expand hook-point names and globs into module names, in model order.
 
-    ``None`` means every module that directly owns a parameter. An unknown name
+    ``None`` means every module that directly owns a matrix or a bias. An unknown name
     raises HookPointError listing close matches (or the valid names); a glob
     must match at least one module with weights.
     """
@@ -322,6 +322,11 @@ class WeightMetrics:
             [p for kind, p in seen.values() if kind == "bias"],
         )
         self.parameters = [p for _, p in seen.values()]
+
+    @property
+    def n_matrices(self) -> int:
+        """How many matrices the model-level columns average over (heads counted apart)."""
+        return sum(m.heads for m in self._model_level[0])
 
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.parameters)

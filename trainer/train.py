@@ -96,6 +96,7 @@ def train_run(
             config=dataclasses.asdict(config),
             task=task.name,
             seed=config.seed,
+            split_heads=task.split_heads(config) if task.split_heads else None,
             resume_through_step=keep_through_step,
             overwrite=resume and state is None,  # resuming a run with no checkpoint yet: restart it
         )

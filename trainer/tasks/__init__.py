@@ -9,7 +9,7 @@ UserError listing the valid names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -42,7 +42,8 @@ class Task:
     hook_points: list[str]  # default hook points
     # (model, config, epoch) -> extra scalar columns, e.g. grad_sym and dist_irr
     extra_metrics: Callable[[nn.Module, Any, int], dict[str, float]] | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+    # (config) -> WeightMetrics' split_heads: which attention matrices to split per head
+    split_heads: Callable[[Any], dict[str, int | tuple[int, int]]] | None = None
 
     def config(self, preset: str = "quick", **overrides: Any) -> TrainConfig:
         """The config of ``preset`` with ``overrides`` (None values are ignored)."""

@@ -52,6 +52,7 @@ class ModularConfig(TrainConfig):
     d_mlp: int = 512
     layernorm: bool = False
     grad_sym_samples: int = 100  # pairs sampled per checkpoint for grad_sym
+    split_heads: bool = False  # metrics per attention head (q, k, v by rows, o by columns)
 
 
 PAPER = dict(
@@ -184,6 +185,15 @@ def extra_metrics(model: nn.Module, config: ModularConfig, epoch: int) -> dict[s
     }
 
 
+def split_heads(config: ModularConfig) -> dict[str, int | tuple[int, int]]:
+    """With ``split_heads``, each head's slice of q, k, v (rows) and o (columns) is a matrix."""
+    if not config.split_heads:
+        return {}
+    heads = {f"blocks.0.attn.{name}.weight": config.n_heads for name in "qkv"}
+    heads["blocks.0.attn.o.weight"] = (config.n_heads, 1)  # o reads the heads along its input
+    return heads
+
+
 HOOK_POINTS = ["embed", "pos_embed", "blocks.0.attn", "blocks.0.mlp", "unembed"]
 
 MODADD = Task(
@@ -197,6 +207,7 @@ MODADD = Task(
     correct=classification_correct,
     hook_points=HOOK_POINTS,
     extra_metrics=extra_metrics,
+    split_heads=split_heads,
 )
 
 MODADD_LN = Task(
@@ -210,4 +221,5 @@ MODADD_LN = Task(
     correct=classification_correct,
     hook_points=HOOK_POINTS,
     extra_metrics=extra_metrics,
+    split_heads=split_heads,
 )

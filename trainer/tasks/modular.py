@@ -16,12 +16,15 @@ Presets
            data shortens the plateau), d_model 64 / MLP 256 (cheaper), AdamW lr
            3e-3 and weight decay 2.0 (the weight norm, and with it the
            memorising solution, decays faster).
-           Measured 2026-11-27 on 2 cores shared with other jobs (load average
-           about 5): ``trainmap train --task modadd --preset quick --seeds 0-7
-           --workers 2`` took 2 min 50 s wall (2 min CPU); every seed starts at
-           chance (eval acc ~0.01) and ends at eval acc 0.966-1.000; the first
-           checkpoint with eval acc >= 0.9 is at epoch 108-368 (seed 7 is the
-           slowest, at 368), after train acc reached 0.99 at epoch 104-364.
+           Measured 2026-11-27 on 2 cores shared with other engineers' jobs
+           (load average 4.5-5.5, so this process got well under 2 cores):
+           ``trainmap train --task modadd --preset quick --seeds 0-7 --workers 2``
+           took 2 min 50 s wall (2 min CPU); the same through ``train_seeds``
+           later took 3 min 46 s wall under the same load, with identical
+           results. Every seed starts at chance (eval acc ~0.01) and ends at
+           eval acc 0.966-1.000; the first checkpoint with eval acc >= 0.9 is at
+           epoch 108-368 (seed 7 is the slowest, at 368), after train acc reached
+           0.99 at epoch 104-364. An idle machine was not available to measure.
 ``tiny``   a second or two per seed, for tests; it does not have to generalise.
 
 The LayerNorm variant's presets are the same with LayerNorm on and batch 256

@@ -153,6 +153,26 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_checkpoints(tmp_path):
     assert len(rundir.read_metrics(tmp_path / "exp" / "seed-0")) >= 2
 
 
+def test_ctrl_c_with_worker_processes_leaves_no_run_running(tmp_path):
+    # a terminal's Ctrl-C reaches the whole process group: the CLI and its loky workers
+    command = [*TRAIN_COMMAND, "--out", str(tmp_path / "exp")]
+    command[command.index("--workers") + 1] = "2"
+    command[command.index("--seeds") + 1] = "0-3"
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
+    metrics_file = tmp_path / "exp" / "seed-0" / rundir.METRICS_FILE
+    deadline = time.monotonic() + 120
+    while not (metrics_file.exists() and metrics_file.read_bytes().count(b"\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()
+    summaries = rundir.list_runs(tmp_path, "exp")
+    assert summaries and all(s.status == "interrupted" for s in summaries)
+    assert all(rundir.read_meta(s.path)["status"] == "interrupted" for s in summaries)
+    assert summaries[0].checkpoints >= 2
+
+
 @pytest.mark.parametrize("task", ["modadd_ln", "parity", "digits"])
 def test_every_task_trains_its_tiny_preset(task, tmp_path):
     (summary,) = train_seeds(task, seeds=[3], root=tmp_path, experiment="t", workers=1, **TINY)

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -405,15 +406,22 @@ def _run_jobs(jobs, root, experiment, workers, backend, scheduler, progress):
         yield from joblib.Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
 
 
-def _mark_interrupted(paths: list[Path]) -> None:
-    """After Ctrl-C: runs whose worker died while 'running' are marked interrupted."""
+def _mark_interrupted(paths: list[Path], grace: float = 5.0) -> None:
+    """After Ctrl-C: runs left 'running' by a worker that died are marked interrupted.
+
+    Workers that got the Ctrl-C too mark their own runs; a worker still shutting
+    down gets ``grace`` seconds to do so before we look.
+    """
+    deadline = time.monotonic() + grace
     for path in paths:
         try:
             meta = rundir.read_meta(path)
+            while rundir.effective_status(meta)[0] == "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                meta = rundir.read_meta(path)
         except rundir.RunDirError:
             continue
-        status, _ = rundir.effective_status(meta)
-        if meta["status"] == "running" and status == "interrupted":
+        if meta["status"] == "running" and rundir.effective_status(meta)[0] == "interrupted":
             rundir.RunWriter.reopen(path).finish("interrupted", "interrupted by the user (Ctrl-C)")
 
 

@@ -1,11 +1,13 @@
 """Image classification on scikit-learn's bundled 8x8 digits (1797 images, no download).
 
 A small CNN: two 3x3 convolutions (16 and 32 channels) with ReLU, 2x2 max
-pooling, and a linear classifier; Adam-style AdamW lr 1e-3, weight decay 0.01,
+pooling, and a linear classifier; AdamW lr 1e-3, weight decay 0.01,
 batch 64, 80/20 split drawn from the seed. Pixels are scaled to [0, 1]. The
 paper used MNIST/CIFAR with LeNet/ResNet; this is the offline stand-in.
 
 Presets: ``paper`` (60 epochs), ``quick`` (30 epochs), ``tiny`` (3 epochs).
+Measured for ``quick``, seed 0 only: 8 s CPU; eval acc >= 0.9 from epoch 4,
+0.981 at the end. Digits are easy: a quick rise, not a delayed jump.
 """
 
 from __future__ import annotations

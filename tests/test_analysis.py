@@ -125,10 +125,13 @@ def test_prepare_zscores_truncates_and_drops():
         assert np.all(np.diff(steps) > 0)
         assert np.allclose(x[:, 0].mean(), 0) and np.allclose(x[:, 0].std(), 1)
         assert np.all(x[:, 1] == 0)  # constant feature -> 0, not NaN
-    pooled = prepare_frames(frames, features=["l2", "l1"], normalize="pooled")
+    with pytest.warns(UserWarning) as again:  # warned again, every time
+        pooled = prepare_frames(frames, features=["l2", "l1"], normalize="pooled")
+    assert any("truncated" in str(w.message) for w in again)
     stacked = np.concatenate(pooled.X)
     assert np.allclose(stacked[:, 0].mean(), 0) and np.allclose(stacked[:, 0].std(), 1)
-    first = prepare_frames(frames, features=["l2"], first_n=5)
+    with pytest.warns(UserWarning, match="excluded: d"):  # 'c' is finite in its first 5
+        first = prepare_frames(frames, features=["l2"], first_n=5)
     assert first.lengths == [5, 5, 5]
     with pytest.raises(PrepareError):
         prepare_frames(frames, features=["nope"])

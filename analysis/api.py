@@ -137,11 +137,6 @@ def fit_prepared(
         random_state=seed,
         progress=progress,
     ).fit(X, lengths, X_held, lengths_held)
-    if not selector.models_:
-        raise ValueError(
-            "every fit failed (too few checkpoints or degenerate data); "
-            f"first error: {next((r['error'] for r in selector.records_ if r['error']), '?')}"
-        )
     convergence = {
         name: convergence_epoch(epochs, acc, threshold)
         for name, epochs, acc in zip(prepared.run_names, prepared.epochs, prepared.accuracy)

@@ -479,6 +479,12 @@ class StateSelector(BaseEstimator):
         )
         self.sweep_ = sweep_table(self.records_, int(self.max_states))
         self.models_ = best_models(self.records_, self.sweep_)
+        if not self.models_:
+            first = next((r["error"] for r in self.records_ if r["error"]), "?")
+            raise ValueError(
+                "every fit failed (too few checkpoints for this many features and "
+                f"states, or degenerate data); first error: {first}"
+            )
         if self.n_states is not None:
             self.n_components_ = int(self.n_states)
         else:

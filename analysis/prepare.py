@@ -198,6 +198,11 @@ def prepare_frames(
         for n in names
     ]
     train, held = split_runs(names, heldout, seed)
+    if not held:
+        notes.append(
+            "no held-out runs (one run, or heldout=0): the number of states is "
+            "selected on the training runs themselves"
+        )
     for note in notes:
         warnings.warn(note, stacklevel=3)
     return Prepared(

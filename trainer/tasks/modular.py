@@ -9,7 +9,7 @@ and trains with batch 256 (METHOD.md §5).
 Presets
 -------
 ``paper``  the configuration above, 20000 epochs, a checkpoint every 100.
-``quick``  shows the phase transition on a CPU in about 15 s of CPU time per
+``quick``  shows the phase transition on a CPU in 15-20 s of CPU time per
            seed: 400 full-batch epochs, a checkpoint every 4 (100 rows per run).
            Changes from the paper, each to shorten the run without removing the
            jump: p = 59 (a quarter of the pairs: cheaper steps), 60% train (more
@@ -20,8 +20,8 @@ Presets
            (load average 4.5-5.5, so this process got well under 2 cores):
            ``trainmap train --task modadd --preset quick --seeds 0-7 --workers 2``
            took 2 min 50 s wall (2 min CPU); the same through ``train_seeds``
-           later took 3 min 46 s wall under the same load, with identical
-           results. Every seed starts at chance (eval acc ~0.01) and ends at
+           took 3 min 46 s, and the CLI again 3 min 55 s (2 min 35 s CPU),
+           with identical results each time. Every seed starts at chance (eval acc ~0.01) and ends at
            eval acc 0.966-1.000; the first checkpoint with eval acc >= 0.9 is at
            epoch 108-368 (seed 7 is the slowest, at 368), after train acc reached
            0.99 at epoch 104-364. An idle machine was not available to measure.

@@ -21,10 +21,13 @@ Presets
            ``trainmap train --task modadd --preset quick --seeds 0-7 --workers 2``
            took 2 min 50 s wall (2 min CPU); the same through ``train_seeds``
            took 3 min 46 s, and the CLI again 3 min 55 s (2 min 35 s CPU),
-           with identical results each time. Every seed starts at chance (eval acc ~0.01) and ends at
-           eval acc 0.966-1.000; the first checkpoint with eval acc >= 0.9 is at
-           epoch 108-368 (seed 7 is the slowest, at 368), after train acc reached
-           0.99 at epoch 104-364. An idle machine was not available to measure.
+           with identical results each time. Every seed starts at chance (eval
+           acc ~0.01) and ends at eval acc 0.966-1.000; the first checkpoint
+           with eval acc >= 0.9 is at epoch 108-368 (seed 7 is the slowest, at
+           368), after train acc reached 0.99 at epoch 104-364. An idle machine
+           was not available to measure; by CPU time (2-2.5 min over 2 cores)
+           it should take a little over 1 min there, but that is arithmetic,
+           not a measurement.
 ``tiny``   a second or two per seed, for tests; it does not have to generalise.
 
 The LayerNorm variant's presets are the same with LayerNorm on and batch 256

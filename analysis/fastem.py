@@ -150,16 +150,51 @@ def init_params(X: np.ndarray, n_states: int, random_state: int, n_init: int = 1
     return startprob, transmat, means.cluster_centers_, variances
 
 
-def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2):
+def chunk_runs(X, lengths, n_fits, n_states, max_elements):
+    """Padded groups of consecutive runs, each small enough for the batched E-step.
+
+    A group's (fits, runs, T, states) arrays hold at most ``max_elements``
+    values (a group has at least one run), so memory stays bounded however many
+    runs an experiment has; the statistics of the groups are summed.
+    """
+    lengths = list(lengths)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    chunks, first = [], 0
+    for last in range(1, len(lengths) + 1):
+        longest = max(lengths[first:last])
+        if last - first > 1 and n_fits * (last - first) * longest * n_states > max_elements:
+            chunks.append((first, last - 1))
+            first = last - 1
+    chunks.append((first, len(lengths)))
+    return [pad_runs(X[bounds[a] : bounds[b]], lengths[a:b]) for a, b in chunks]
+
+
+def _e_step_chunks(chunks, *params):
+    """e_step_batch summed over groups of runs."""
+    total, stats = None, None
+    for Xp, mask in chunks:
+        ll, part = e_step_batch(Xp, mask, *params)
+        if stats is None:
+            total, stats = ll, part
+        else:
+            total = total + ll
+            stats = {key: stats[key] + part[key] for key in stats}
+    return total, stats
+
+
+def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2, max_elements=3_000_000):
     """Run EM for several diagonal HMMs with the same n on the same data at once.
 
     ``starts`` is a list of initial (startprob, transmat, means, variances), one
     per restart. Each restart follows exactly hmmlearn's EM and stops on its own
     (after ``n_iter`` iterations or a gain below ``tol``); stopped ones are no
-    longer computed. Returns one (arrays, history, converged) per restart.
+    longer computed. Runs are processed in groups of at most ``max_elements``
+    array values (see :func:`chunk_runs`). Returns one (arrays, history,
+    converged) per restart.
     """
     X = np.asarray(X, dtype=float)
-    Xp, mask = pad_runs(X, lengths)
+    n_states = len(starts[0][0])
+    chunks = chunk_runs(X, lengths, len(starts), n_states, max_elements)
     params = [np.stack([np.asarray(p[i], dtype=float) for p in starts]) for i in range(4)]
     S = len(starts)
     histories: list[list[float]] = [[] for _ in range(S)]
@@ -168,7 +203,7 @@ def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         for _ in range(n_iter):
             current = [p[active] for p in params]
-            log_likelihood, stats = e_step_batch(Xp, mask, *current)
+            log_likelihood, stats = _e_step_chunks(chunks, *current)
             updated = m_step(stats, current[0], current[1])
             for p, new in zip(params, updated):
                 p[active] = new
@@ -177,8 +212,8 @@ def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2):
                 histories[s].append(float(log_likelihood[j]))
                 h = histories[s]
                 if len(h) >= 2 and h[-1] - h[-2] < tol:
-                    converged[s] = True  # also stops a fit whose likelihood went NaN
-                elif np.isfinite(h[-1]):
+                    converged[s] = True
+                elif np.isfinite(h[-1]):  # a NaN likelihood stops (and fails) the fit
                     still.append(s)
             active = np.array(still, dtype=int)
             if not len(active):

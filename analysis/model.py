@@ -100,9 +100,9 @@ def model_arrays(model) -> dict[str, np.ndarray]:
     }
 
 
-# The batched numpy engine holds a few (restarts, runs, T, n) arrays; above this
-# many elements per array it would need too much memory, and the sweep falls
-# back to hmmlearn, which works one run at a time.
+# The batched numpy engine holds a few (restarts, runs, T, n) arrays and works
+# through the runs in groups of at most this many values per array; if a single
+# run is larger, the sweep falls back to hmmlearn, which works one run at a time.
 BATCH_LIMIT = 3_000_000
 
 
@@ -183,7 +183,7 @@ def fit_restarts(
     batched = (
         engine == "numpy"
         and covariance_type == "diag"
-        and len(restarts) * len(lengths) * max(lengths) * n_states <= BATCH_LIMIT
+        and len(restarts) * max(lengths) * n_states <= BATCH_LIMIT  # one run fits
     )
     # One BLAS/OpenMP thread per fit: the sweep is parallel across fits
     # already, and oversubscribed threads only slow it down. hmmlearn warns
@@ -196,7 +196,9 @@ def fit_restarts(
                     fastem.init_params(X, n_states, 1000 * seed + r, n_init=kmeans_n_init)
                     for r in restarts
                 ]
-                fits = fastem.fit_diag_batch(X, lengths, starts, n_iter=n_iter, tol=tol)
+                fits = fastem.fit_diag_batch(
+                    X, lengths, starts, n_iter=n_iter, tol=tol, max_elements=BATCH_LIMIT
+                )
             except Exception:  # e.g. k-means on degenerate data: try one by one
                 batched = False
         for i, record in enumerate(records):

@@ -122,3 +122,19 @@ def test_batched_restarts_equal_separate_fits():
         assert history == pytest.approx(alone_history, rel=1e-12)
         for key in arrays:
             assert np.allclose(arrays[key], alone[key], atol=1e-10)
+
+
+def test_runs_in_groups_give_the_same_fit():
+    """Bounded memory: EM over groups of runs equals EM over all runs at once."""
+    from analysis.fastem import chunk_runs, fit_diag_batch, init_params
+
+    X, _ = small_data()
+    X[1] = X[1][:30]
+    stacked, lengths = np.concatenate(X), [len(x) for x in X]
+    starts = [init_params(stacked, 3, r, n_init=1) for r in range(2)]
+    assert len(chunk_runs(stacked, lengths, 2, 3, max_elements=500)) == len(X)
+    whole = fit_diag_batch(stacked, lengths, starts, n_iter=20, tol=1e-3)
+    grouped = fit_diag_batch(stacked, lengths, starts, n_iter=20, tol=1e-3, max_elements=500)
+    for (a, ha, _), (b, hb, _) in zip(whole, grouped):
+        assert ha == pytest.approx(hb, rel=1e-12)
+        assert all(np.allclose(a[key], b[key], atol=1e-10) for key in a)

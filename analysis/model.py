@@ -2,8 +2,13 @@
 
 METHOD.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
 sweep runs them in parallel through joblib (local processes by default, or a
-dask.distributed cluster). A fit that fails (degenerate covariance, too few
-points) is recorded as a failure in the sweep table and never stops the sweep.
+dask.distributed cluster). With the default "numpy" engine (diagonal
+covariances) the restarts of one n are one joblib task: their EM iterations run
+side by side in one vectorised pass (analysis.fastem), each restart still
+following its own path exactly as a separate hmmlearn fit would; with
+``engine="hmmlearn"`` (and always for full covariances) every (n, restart) is
+its own task. A fit that fails (degenerate covariance, too few points) is
+recorded as a failure in the sweep table and never stops the sweep.
 
 The estimator :class:`StateSelector` follows scikit-learn conventions (see
 STYLE.md section 2): ``__init__`` only stores parameters, ``fit`` validates,
@@ -328,13 +333,14 @@ def run_sweep(
     progress_bar: bool | None = None,
     states: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Fit every (n, restart) in parallel; return the records of :func:`fit_one`.
+    """Fit every (n, restart) in parallel; return the records of :func:`fit_restarts`.
 
     ``backend`` is a joblib backend ("loky" local processes, "threading",
     "sequential") or "dask", which connects to the dask.distributed scheduler at
-    ``scheduler`` (e.g. "tcp://127.0.0.1:8786"). ``progress(fraction)`` is called
-    after every finished fit; ``progress_bar`` shows a tqdm bar (None: only on
-    a terminal). ``states`` restricts the sweep to some n (default 1..max_states).
+    ``scheduler`` (e.g. "tcp://127.0.0.1:8786"). ``progress(fraction of fits
+    done)`` is called after every finished task (one n with the numpy engine,
+    one fit otherwise); ``progress_bar`` shows a tqdm bar (None: only on a
+    terminal). ``states`` restricts the sweep to some n (default 1..max_states).
     """
     import joblib
     from tqdm.auto import tqdm

@@ -63,6 +63,9 @@ def format_sweep(result) -> str:
             f"{ll:>24} {_fmt(row.heldout_ll_best):>10} {_fmt(row.aic_best):>10} "
             f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10}"
         )
+    for row in result.sweep.itertuples():
+        if not row.feasible:
+            lines.append(f"  n={row.n} infeasible: {getattr(row, 'error', '') or 'failed'}")
     return "\n".join(lines)
 
 

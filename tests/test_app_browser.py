@@ -31,10 +31,24 @@ REFRESH_WAIT = 10  # the runs page polls every 3 s
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "training-map.png"
 
-# Chromium writes a profile and caches under these; keep them out of the home.
-_XDG = tempfile.mkdtemp(prefix="trainmap-xdg-")
-os.environ["XDG_CONFIG_HOME"] = os.path.join(_XDG, "config")
-os.environ["XDG_CACHE_HOME"] = os.path.join(_XDG, "cache")
+
+@pytest.fixture(scope="module", autouse=True)
+def xdg_dirs():
+    """Chromium writes a profile and caches under these; keep them out of the home.
+
+    Autouse and module-scoped, so it is set before dash_duo starts the browser.
+    """
+    scratch = tempfile.mkdtemp(prefix="trainmap-xdg-")
+    saved = {key: os.environ.get(key) for key in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    os.environ["XDG_CONFIG_HOME"] = os.path.join(scratch, "config")
+    os.environ["XDG_CACHE_HOME"] = os.path.join(scratch, "cache")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +60,7 @@ def fixture_root(tmp_path_factory):
     with warnings.catch_warnings():  # "runs excluded: seed-broken" is expected
         warnings.simplefilter("ignore")
         analysis.fit_experiment(root, EXPERIMENT, max_states=4, restarts=2, workers=2)
-    yield root, truth
-    shutil.rmtree(_XDG, ignore_errors=True)
+    return root, truth
 
 
 @pytest.fixture

@@ -326,34 +326,6 @@ def make_synthetic(
 # ------------------------------------------------------------------ writing
 
 
-def _bulk_writer_class():
-    """A RunWriter that appends many checkpoints with one write and one meta update.
-
-    ``RunWriter.append`` rewrites and fsyncs ``meta.json`` after every row, which
-    is right for a live training loop but takes hours for 400 runs x 10000
-    checkpoints. The lines written here are the same JSON objects (epoch and
-    step first, null for non-finite values), so readers cannot tell the difference.
-    """
-    from trainer import rundir
-
-    class _BulkRunWriter(rundir.RunWriter):
-        def append_frame(self, frame: pd.DataFrame) -> None:
-            if frame.empty:
-                return
-            # pandas writes NaN as null and keeps column order (epoch, step first).
-            text = frame.to_json(orient="records", lines=True, double_precision=15)
-            data = (text if text.endswith("\n") else text + "\n").encode()
-            view = memoryview(data)
-            while view:  # os.write may write less than asked for on some systems
-                written = os.write(self._fd, view)
-                view = view[written:]
-            last = frame.iloc[-1]
-            self.meta["last_checkpoint"] = {"epoch": int(last["epoch"]), "step": int(last["step"])}
-            self._save_meta()
-
-    return _BulkRunWriter
-
-
 def write_synthetic_experiment(
     root: str | os.PathLike,
     experiment: str,
@@ -376,8 +348,9 @@ def write_synthetic_experiment(
     convergence epochs but not the feature arrays (``X`` is empty) so that large
     experiments do not have to fit in memory.
     """
+    from trainer import rundir
+
     n_features = kwargs.pop("n_features", 14)
-    writer_class = _bulk_writer_class()
     # Generate the truth for all runs run by run so memory stays at one run.
     truth = make_synthetic(
         n_runs=n_runs, n_checkpoints=2, seed=seed, n_features=n_features, **kwargs
@@ -407,7 +380,7 @@ def write_synthetic_experiment(
         )
         data.update(scalars)
         frame = pd.DataFrame(data)
-        writer = writer_class.create(
+        writer = rundir.RunWriter.create(
             root,
             experiment,
             run,

@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
         root=args.root,
         experiment=experiment,
         workers=args.workers,
+        resume=True,  # a demo stopped with Ctrl-C continues where it was
     )
     for summary in summaries:
         acc = "n/a" if summary.last_eval_acc is None else f"{summary.last_eval_acc:.3f}"

@@ -330,3 +330,27 @@ def test_fingerprint_changes_when_a_run_changes(tmp_path):
     writer.append({"epoch": 9, "step": 90, "l2": 1.0})
     writer.close()
     assert rundir.experiment_fingerprint(tmp_path, "exp") != before
+
+
+def test_append_frame_writes_the_same_rows_as_append(tmp_path):
+    import pandas as pd
+
+    rows = [
+        {"epoch": 0, "step": 0, "l2": 1.5, "eval_acc": float("inf")},
+        {"epoch": 1, "step": 4, "l2": float("nan"), "eval_acc": 0.5},
+    ]
+    with rundir.RunWriter.create(tmp_path, "exp", "one-by-one", task="toy") as writer:
+        for row in rows:
+            writer.append(row)
+    with rundir.RunWriter.create(tmp_path, "exp", "at-once", task="toy") as writer:
+        # column order of the frame does not matter: epoch and step go first
+        writer.append_frame(pd.DataFrame(rows)[["l2", "eval_acc", "step", "epoch"]])
+        assert writer.meta["last_checkpoint"] == {"epoch": 1, "step": 4}
+    one = rundir.read_metrics(tmp_path / "exp" / "one-by-one")
+    many = rundir.read_metrics(tmp_path / "exp" / "at-once")
+    pd.testing.assert_frame_equal(one, many)
+    assert one["eval_acc"].isna().tolist() == [True, False]
+    with pytest.raises(rundir.RunDirError, match="epoch"):
+        rundir.RunWriter.create(tmp_path, "exp", "bad", task="toy").append_frame(
+            pd.DataFrame({"step": [1]})
+        )

@@ -77,7 +77,7 @@ PRESETS = {
         epochs=400,
         eval_every=4,
     ),
-    "tiny": dict(PAPER, p=23, train_fraction=0.5, d_model=32, d_mlp=64, epochs=40, eval_every=4),
+    "tiny": dict(PAPER, p=23, train_fraction=0.5, d_model=32, d_mlp=64, epochs=60, eval_every=2),
 }
 PRESETS_LN = {
     "paper": dict(PAPER, layernorm=True, batch_size=256),

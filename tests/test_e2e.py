@@ -1,0 +1,143 @@
+"""A newcomer's journey: the README's demo command trains, fits and serves; the browser sees it.
+
+``TRAINMAP_DEMO_PRESET=tiny`` keeps it short. The demo runs through
+``scripts/demo.sh``, exactly as the README says, in this test's virtual
+environment (``TRAINMAP_VENV``), which the test command itself created fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "modadd-tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def demo(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRAINMAP_VENV": sys.prefix,
+        "TRAINMAP_DEMO_PRESET": "tiny",
+        "TRAINMAP_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    command = [str(REPO / "scripts" / "demo.sh"), "--root", str(tmp_path / "runs")]
+    command += ["--seeds", "0-3", "--port", str(port), "--max-states", "4", "--restarts", "2"]
+    # A tiny run is too short for the criterion to find phases; force two states
+    # so the journey (map, hover, shaded curves) is exercised end to end.
+    command += ["--n-states", "2"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so the whole process group can be stopped
+    )
+    output: list[str] = []
+    serving = threading.Event()
+
+    def read_output():
+        for line in process.stdout:
+            output.append(line)
+            if "[3/3] serving the dashboard" in line:
+                serving.set()
+
+    threading.Thread(target=read_output, daemon=True).start()
+    try:
+        deadline = time.time() + 600
+        while not serving.is_set():
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail("the demo did not start serving:\n" + "".join(output))
+            time.sleep(0.5)
+        # the server prints its URL before it listens; wait until it answers
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", tmp_path / "runs", output
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def cy_count(browser, selector: str) -> int:
+    return browser.driver.execute_script(
+        f"const el = document.getElementById('map-graph');"
+        f"return el && el._cyreg && el._cyreg.cy ? el._cyreg.cy.{selector}.length : -1;"
+    )
+
+
+def wait_for(predicate, timeout=30, message="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
+    url, root, output = demo
+    text = "".join(output)
+    assert "[1/3] training modadd (tiny preset)" in text
+    assert "[2/3] fitting HMMs" in text
+    assert len(list((root / EXPERIMENT).glob("seed-*/metrics.jsonl"))) == 4
+
+    # Runs page: every seed listed with its status.
+    dash_br.server_url = url
+    dash_br.driver.get(f"{url}/?experiment={EXPERIMENT}")
+    table = wait_for(
+        lambda: dash_br.driver.find_elements(By.ID, "runs-table"), message="runs table"
+    )
+    wait_for(
+        lambda: all(f"seed-{s}" in table[0].text for s in range(4)), message="all seeds listed"
+    )
+    assert "completed" in table[0].text
+
+    # Training map: more than one state, and hovering an edge shows its features.
+    dash_br.driver.get(f"{url}/map?experiment={EXPERIMENT}")
+    wait_for(lambda: cy_count(dash_br, "nodes()") >= 2, timeout=60, message="map with ≥2 states")
+    edges = cy_count(dash_br, "edges()")
+    assert edges >= 1, "the demo's map should show a phase transition"
+    dash_br.driver.execute_script(
+        "document.getElementById('map-graph')._cyreg.cy.edges()[0].emit('mouseover');"
+    )
+    hover = wait_for(
+        lambda: dash_br.driver.find_element(By.ID, "map-hover-edge").text.strip(),
+        message="edge hover text",
+    )
+    assert "→" in hover and " z" in hover and "runs take it" in hover
+
+    # Metric curves of one run: background shaded by its decoded states.
+    dash_br.driver.get(f"{url}/curves?experiment={EXPERIMENT}&run=seed-0&metric=eval_acc")
+    shapes = wait_for(
+        lambda: dash_br.driver.execute_script(
+            "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+            "return g && g.layout && g.layout.shapes ? g.layout.shapes.length : 0;"
+        ),
+        timeout=60,
+        message="shaded phases",
+    )
+    assert shapes >= 1
+    assert dash_br.get_logs() == []

@@ -171,11 +171,12 @@ def test_names_from_the_url_cannot_leave_the_root(client, fitted_root, tmp_path,
     assert call(client, "curves-download.data", values, "curves-download-button.n_clicks") == {}
 
 
-def test_memoized_loads_follow_the_fingerprint(fitted_root, tmp_path):
+def test_memoized_loads_follow_the_fingerprint(fitted_root, tmp_path, monkeypatch):
     """Appending a checkpoint changes the key, so the table shows it at once."""
     from app import data
     from app.main import create_app
 
+    monkeypatch.setattr(data, "FINGERPRINT_TTL", 0.0)  # no grace period in this test
     root = tmp_path / "root"
     shutil.copytree(fitted_root / EXPERIMENT, root / EXPERIMENT, symlinks=True)
     app = create_app(root, cache_dir=tmp_path / "cache")

@@ -38,6 +38,7 @@ as the paper reports for LayerNorm.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -216,16 +217,9 @@ MODADD = Task(
     split_heads=split_heads,
 )
 
-MODADD_LN = Task(
+MODADD_LN = dataclasses.replace(
+    MODADD,
     name="modadd_ln",
     description="modular addition, 1-layer transformer with LayerNorm",
-    config_class=ModularConfig,
     presets=PRESETS_LN,
-    make_data=make_data,
-    make_model=Transformer,
-    loss=classification_loss,
-    correct=classification_correct,
-    hook_points=HOOK_POINTS,
-    extra_metrics=extra_metrics,
-    split_heads=split_heads,
 )

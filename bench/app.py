@@ -149,6 +149,7 @@ def bench_case(
         with app.server.app_context():
             data.cache.clear()
         data._LOCAL_FITS.clear()
+        data._FINGERPRINTS.clear()
 
     # Cold: every callback on an empty cache, in the order a first visit makes them.
     cold: dict[str, list[float]] = {label: [] for label in requests}

@@ -34,6 +34,7 @@ from analysis.result import FitResult, TrainingMap
 
 FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
+SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
 STORE_VERSION = 1
 
@@ -92,6 +93,9 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             **extra,
         }
         (tmp / FIT_FILE).write_text(json.dumps(_plain(payload), allow_nan=False))
+        # A listing needs only these few fields; the full payload of a large
+        # experiment is tens of MB of paths, too slow to parse just to list fits.
+        (tmp / SUMMARY_FILE).write_text(json.dumps(_plain(_summary(payload)), allow_nan=False))
         arrays = {}
         for n, model in models.items():
             for name, value in model.items():
@@ -163,6 +167,17 @@ def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | 
     return result_from_payload(payload), models
 
 
+def _summary(payload: dict) -> dict:
+    return {
+        "created_at": payload.get("created_at"),
+        "runs_fingerprint": payload.get("runs_fingerprint"),
+        "params": payload.get("params", {}),
+        "selected_n": payload.get("selected_n"),
+        "feasible_n": sorted(int(n) for n in payload.get("maps", {})),
+        "n_runs": len(payload.get("runs", [])),
+    }
+
+
 def list_saved(root, experiment) -> list[dict]:
     """Summaries of every saved fit of an experiment (newest first)."""
     base = fits_dir(root, experiment)
@@ -173,20 +188,12 @@ def list_saved(root, experiment) -> list[dict]:
         if child.name.startswith(".") or not child.is_dir():
             continue
         try:
-            payload = json.loads((child / FIT_FILE).read_text())
+            if (child / SUMMARY_FILE).exists():
+                summary = json.loads((child / SUMMARY_FILE).read_text())
+            else:  # saved before summaries existed
+                summary = _summary(json.loads((child / FIT_FILE).read_text()))
         except (OSError, ValueError):
             continue
-        out.append(
-            {
-                "key": child.name,
-                "created_at": payload.get("created_at"),
-                "runs_fingerprint": payload.get("runs_fingerprint"),
-                "params": payload.get("params", {}),
-                "selected_n": payload.get("selected_n"),
-                "feasible_n": sorted(int(n) for n in payload.get("maps", {})),
-                "n_runs": len(payload.get("runs", [])),
-                "path": str(child),
-            }
-        )
+        out.append({"key": child.name, **summary, "path": str(child)})
     out.sort(key=lambda d: d["created_at"] or "", reverse=True)
     return out

@@ -94,9 +94,7 @@ def test_dask_cluster_gives_the_same_metrics(reference, tmp_path):
 
 def test_completed_runs_are_reused_and_a_changed_config_refused(reference):
     before = rundir.run_fingerprint(reference / "ref" / "seed-0")
-    started = time.perf_counter()
     summaries = train_seeds("modadd", seeds=[0, 1], root=reference, experiment="ref", **TINY)
-    assert time.perf_counter() - started < 5
     assert [s.status for s in summaries] == ["completed", "completed"]
     assert rundir.run_fingerprint(reference / "ref" / "seed-0") == before
     with pytest.raises(UserError, match=r"different config \(epochs\)"):

@@ -378,6 +378,16 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _parse_row(line: bytes, number: int) -> dict:
+    try:
+        row = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON") from None
+    if not isinstance(row, dict) or any(key not in row for key in INDEX_COLUMNS):
+        raise RunDirError(f"{METRICS_FILE} line {number} is not a checkpoint row")
+    return row
+
+
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     """Read the completed checkpoints of a run as a DataFrame.
 
@@ -386,22 +396,8 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     written, or left half-written by a killed writer) is ignored. A complete
     line that is not a JSON object raises RunDirError naming the line.
     """
-    metrics_file = Path(path) / METRICS_FILE
-    if not metrics_file.is_file():
-        raise RunDirError(f"no {METRICS_FILE}")
-    data = metrics_file.read_bytes()
-    data = data[: data.rfind(b"\n") + 1]
-    rows = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON") from None
-        if not isinstance(row, dict) or any(key not in row for key in INDEX_COLUMNS):
-            raise RunDirError(f"{METRICS_FILE} line {number} is not a checkpoint row")
-        rows.append(row)
+    lines = _complete_lines(Path(path))
+    rows = [_parse_row(line, number) for number, line in enumerate(lines, start=1)]
     frame = pd.DataFrame.from_records(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=list(INDEX_COLUMNS))
@@ -453,18 +449,43 @@ def effective_status(meta: Mapping[str, Any]) -> tuple[str, str | None]:
     return status, meta.get("error")
 
 
+def _complete_lines(path: Path) -> list[bytes]:
+    """The complete (newline-terminated), non-blank lines of a run's metrics file."""
+    metrics_file = path / METRICS_FILE
+    if not metrics_file.is_file():
+        raise RunDirError(f"no {METRICS_FILE}")
+    data = metrics_file.read_bytes()
+    return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
 def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> RunSummary:
+    """A run's listing entry, without parsing every checkpoint.
+
+    A listing of hundreds of long runs must stay fast, so every line is only
+    checked to be one JSON object (``{...}``), and only the last lines are
+    parsed. :func:`read_metrics` (used by :func:`load_run`) parses everything
+    and reports any other damage, naming the line.
+    """
     path = Path(path)
     experiment = experiment or path.parent.name
     try:
         meta = read_meta(path)
-        metrics = read_metrics(path)
+        lines = _complete_lines(path)
+        for number, line in enumerate(lines, start=1):
+            if not (line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}")):
+                raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON")
+        last_row = _parse_row(lines[-1], len(lines)) if lines else None
     except (RunDirError, OSError) as error:
         return RunSummary(experiment, path.name, path, BROKEN, reason=str(error))
     status, reason = effective_status(meta)
     last_eval = None
-    if "eval_acc" in metrics and metrics["eval_acc"].notna().any():
-        last_eval = float(metrics["eval_acc"].dropna().iloc[-1])
+    # The last row usually has it; looking further back is bounded so a run
+    # that logs no eval accuracy is not parsed whole.
+    for number in range(len(lines), max(len(lines) - 100, 0), -1):
+        value = _parse_row(lines[number - 1], number).get("eval_acc")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            last_eval = float(value)
+            break
     return RunSummary(
         experiment=experiment,
         run=path.name,
@@ -473,8 +494,8 @@ def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> Run
         reason=reason,
         task=meta.get("task"),
         seed=meta.get("seed"),
-        checkpoints=len(metrics),
-        last_epoch=int(metrics["epoch"].iloc[-1]) if len(metrics) else None,
+        checkpoints=len(lines),
+        last_epoch=int(last_row["epoch"]) if last_row else None,
         last_eval_acc=last_eval,
         started_at=meta.get("started_at"),
         ended_at=meta.get("ended_at"),

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from app.testing import callback_request  # noqa: E402  (after the path is set)
+
 # name: (runs, checkpoints, cold samples, cold first map view target in seconds)
 CASES = {"small": (40, 1000, 3, 1.5), "big": (400, 10_000, 1, 5.0)}
 WARM_REPEATS = 30
@@ -66,27 +68,7 @@ class Caller:
         self.deps = client.get("/_dash-dependencies").get_json()
 
     def __call__(self, output: str, values: dict, triggered: str | None = None) -> float:
-        dep = next(d for d in self.deps if d["output"].strip(".").startswith(output))
-
-        def spec(items):
-            return [
-                {**i, "value": values.get(f"{i['id']}.{i['property']}")}
-                for i in items
-                if isinstance(i["id"], str)
-            ]
-
-        parts = dep["output"].strip(".").split("...")
-        outputs = [
-            {"id": p.rsplit(".", 1)[0], "property": p.rsplit(".", 1)[1].split("@")[0]}
-            for p in parts
-        ]
-        body = {
-            "output": dep["output"],
-            "outputs": outputs if dep["output"].startswith("..") else outputs[0],
-            "inputs": spec(dep["inputs"]),
-            "state": spec(dep["state"]),
-            "changedPropIds": [triggered] if triggered else [],
-        }
+        body = callback_request(self.deps, output, values, triggered)
         started = time.perf_counter()
         response = self.client.post("/_dash-update-component", json=body)
         elapsed = time.perf_counter() - started

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from test_app_support import EXPERIMENT, make_root
 
+from app.testing import callback_request
 from trainer import rundir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,26 +52,7 @@ def call(client, output: str, values: dict, triggered: str | None = None) -> dic
     """POST one callback like the browser does; ``output`` is the callback's
     first output ``id.property``, ``values`` maps ``id.property`` to a value."""
     deps = client.get("/_dash-dependencies").get_json()
-    dep = next(d for d in deps if d["output"].strip(".").startswith(output))
-
-    def spec(items):
-        return [
-            {**i, "value": values.get(f"{i['id']}.{i['property']}")}
-            for i in items
-            if isinstance(i["id"], str)
-        ]
-
-    parts = dep["output"].strip(".").split("...")
-    outputs = [
-        {"id": p.rsplit(".", 1)[0], "property": p.rsplit(".", 1)[1].split("@")[0]} for p in parts
-    ]
-    body = {
-        "output": dep["output"],
-        "outputs": outputs if dep["output"].startswith("..") else outputs[0],
-        "inputs": spec(dep["inputs"]),
-        "state": spec(dep["state"]),
-        "changedPropIds": [triggered] if triggered else [],
-    }
+    body = callback_request(deps, output, values, triggered)
     response = client.post("/_dash-update-component", json=body)
     if response.status_code == 204:  # PreventUpdate / no_update everywhere
         return {}

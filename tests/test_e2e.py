@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from test_app_browser import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "modadd-tiny"
@@ -87,16 +88,6 @@ def cy_count(browser, selector: str) -> int:
     )
 
 
-def wait_for(predicate, timeout=30, message="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {message}")
-
-
 def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
     url, root, output = demo
     text = "".join(output)
@@ -108,10 +99,12 @@ def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
     dash_br.server_url = url
     dash_br.driver.get(f"{url}/?experiment={EXPERIMENT}")
     table = wait_for(
-        lambda: dash_br.driver.find_elements(By.ID, "runs-table"), message="runs table"
+        lambda: dash_br.driver.find_elements(By.ID, "runs-table"), timeout=30, message="runs table"
     )
     wait_for(
-        lambda: all(f"seed-{s}" in table[0].text for s in range(4)), message="all seeds listed"
+        lambda: all(f"seed-{s}" in table[0].text for s in range(4)),
+        timeout=30,
+        message="all seeds listed",
     )
     assert "completed" in table[0].text
 
@@ -125,6 +118,7 @@ def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
     )
     hover = wait_for(
         lambda: dash_br.driver.find_element(By.ID, "map-hover-edge").text.strip(),
+        timeout=30,
         message="edge hover text",
     )
     assert "→" in hover and " z" in hover and "runs take it" in hover

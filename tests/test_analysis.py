@@ -172,7 +172,9 @@ def test_default_recovers_true_states_and_paths():
     # Every run starts in state 0 and the detour state of the truth is found.
     assert m.states[0].start_runs == len(truth.run_names)
     assert any(s.is_detour for s in m.states)
+    assert all(s.is_detour == (s.detour["verdict"] == "detour") for s in m.states)
     assert m.regression["r2"] > 0.8 and m.regression["p_value"] < 0.01
+    assert not m.regression["saturated"] and m.regression["r2_loo"] > 0.8
 
 
 def test_map_contents(experiment):

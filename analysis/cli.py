@@ -107,8 +107,9 @@ def format_regression(reg: dict, censored: int) -> str:
         )
     if reg.get("r2") is None:
         return head + reg["message"]
+    loo = "undefined" if reg.get("r2_loo") is None else f"{reg['r2_loo']:.3f}"
     return head + (
-        f"R² {reg['r2']:.3f} in-sample, {_fmt(reg.get('r2_loo'), 3)} leave-one-out "
+        f"R² {reg['r2']:.3f} in-sample, {loo} leave-one-out "
         f"(adjusted {_fmt(reg.get('r2_adjusted'), 3)}), F-test p {_p(reg.get('p_value'))}; "
         f"{reg['n_params']} parameters (reference state {reg['reference_state']}) for "
         f"{reg['n_runs']} converged runs; {cens}"
@@ -148,12 +149,16 @@ def format_map(training_map) -> str:
         )
     detours = [s.state for s in m.states if s.is_detour]
     tested = [s for s in m.states if s.detour.get("p_adjusted") is not None]
-    how = ""
+    notes = []
     if tested:
-        how = (
-            f" ({len(tested)} state{'s' * (len(tested) != 1)} tested; a detour needs "
-            f"Holm-adjusted p < {tested[0].detour['alpha']:g} and later convergence)"
+        notes.append(
+            f"{len(tested)} state{'s' * (len(tested) != 1)} tested; a detour needs "
+            f"Holm-adjusted p < {tested[0].detour['alpha']:g} and later convergence"
         )
+    untold = sum(s.detour.get("verdict") == "not_enough_runs" for s in m.states)
+    if untold:
+        notes.append(f"{untold} state{'s' * (untold != 1)} with too few runs to tell")
+    how = f" ({'; '.join(notes)})" if notes else ""
     lines.append(f"detour states: {detours if detours else 'none'}{how}")
     censored = sum(v is None for v in m.convergence_epoch.values())
     lines.append(format_regression(m.regression, censored))

@@ -142,7 +142,6 @@ def _delay_samples(times, events, group, n_resamples, rng) -> np.ndarray:
     An undefined median (more than half censored) means "later than observed":
     +inf for that group. Both undefined: the delay is unknown (NaN).
     """
-    delays = []
     medians = []
     for side in (group, ~group):
         idx = np.flatnonzero(side)
@@ -292,7 +291,7 @@ def detour_tests(
                 verdict="detour", message=f"detour: visiting runs converge later ({evidence})"
             )
         elif p_adj < alpha:
-            info.update(message=f"no detour: visiting runs converge earlier ({evidence})")
+            info.update(message=f"no detour: visiting runs do not converge later ({evidence})")
         else:
             info.update(message=f"no detour: no significant difference at {alpha:g} ({evidence})")
     return out
@@ -375,13 +374,14 @@ def occupancy_regression(occupancy: np.ndarray, target: np.ndarray) -> dict:
 
     reference = int(np.argmax(occ.sum(axis=0)))
     design = np.column_stack([np.ones(m), occ])  # column j + 1 is state j
-    scale = max(design.shape) * np.finfo(float).eps * 1e4
+    # Relative tolerance: an exact dependency (occupancies summing to one, an
+    # unvisited state) leaves a singular value at rounding level, far below
+    # any genuine column.
+    tol = 1e-10 * np.linalg.norm(design, 2)
     others = sorted((k for k in range(n_states) if k != reference), key=lambda k: -occ[:, k].sum())
-    kept = _independent_columns(design, [k + 1 for k in others], tol=scale)
+    kept = _independent_columns(design, [k + 1 for k in others], tol=tol)
     X = design[:, [0, *kept]]
-    n_params = X.shape[1]
-    rank = int(np.linalg.matrix_rank(X, tol=scale))
-    assert rank == n_params, "columns were chosen to be independent"
+    n_params = X.shape[1]  # full column rank by construction: lstsq is the unique solution
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     result["intercept"] = float(coef[0])
     result["coef"][reference] = 0.0
@@ -439,7 +439,11 @@ def occupancy_regression(occupancy: np.ndarray, target: np.ndarray) -> dict:
             result.update(
                 f_stat=float(f_stat), p_value=float(stats.f.sf(f_stat, df_model, df_resid))
             )
-    loo = "undefined" if result["r2_loo"] is None else f"{result['r2_loo']:.3f}"
+    loo = (
+        "undefined (a run alone determines a coefficient)"
+        if result["r2_loo"] is None
+        else f"{result['r2_loo']:.3f}"
+    )
     result["message"] = (
         f"{what}: R² {r2:.3f} in-sample, {loo} leave-one-out{dropped_note}{censored_note}"
     )

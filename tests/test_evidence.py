@@ -307,6 +307,15 @@ def test_loo_r2_equals_brute_force_refits():
     assert reg["r2_adjusted"] == pytest.approx(1 - (1 - reg["r2"]) * 14 / 11)
 
 
+def test_loo_is_undefined_when_one_run_alone_determines_a_coefficient():
+    rng = np.random.default_rng(4)
+    occupancy = np.column_stack([rng.dirichlet([3, 3], 10), np.zeros(10)])
+    occupancy[0] = [0.5, 0.3, 0.2]  # only run 0 visits state 2: its leverage is 1
+    reg = occupancy_regression(occupancy, rng.normal(100, 10, 10))
+    assert reg["coef"][2] is not None and reg["r2"] is not None
+    assert reg["r2_loo"] is None and "undefined (a run alone" in reg["message"]
+
+
 def test_censored_runs_are_left_out_of_the_regression_and_counted():
     rng = np.random.default_rng(3)
     occupancy = rng.dirichlet(np.ones(3), size=12)

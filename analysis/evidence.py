@@ -209,7 +209,7 @@ def detour_tests(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
 ) -> list[dict]:
-    """The detour verdict of every state (METHOD.md 4; keys in docs/format.md).
+    """The detour verdict of every state (METHOD.md 4), one dict per state: StateInfo.detour.
 
     Parameters
     ----------

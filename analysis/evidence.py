@@ -136,23 +136,19 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _delay_samples(times, events, group, n_resamples, rng) -> np.ndarray:
-    """Bootstrap delays (median of group minus median of the rest), runs resampled per group.
+def _bootstrap_medians(times, events, side, n_resamples, rng):
+    """KM medians of ``n_resamples`` resamples (with replacement) of the runs in ``side``.
 
-    An undefined median (more than half censored) means "later than observed":
-    +inf for that group. Both undefined: the delay is unknown (NaN).
+    Returns ``(median, floor)`` per resample: the median (NaN where undefined)
+    and a lower bound for it, the last epoch observed in the resample (while
+    more than half are still unconverged the median lies beyond every epoch
+    seen).
     """
-    medians = []
-    for side in (group, ~group):
-        idx = np.flatnonzero(side)
-        picks = rng.integers(0, len(idx), size=(n_resamples, len(idx)))
-        counts = np.zeros((n_resamples, len(times)))
-        np.add.at(counts, (np.arange(n_resamples)[:, None], idx[picks]), 1.0)
-        m = _km_medians(times, events, counts)
-        medians.append(np.where(np.isnan(m), np.inf, m))
-    with np.errstate(invalid="ignore"):
-        delays = medians[0] - medians[1]  # inf - inf -> NaN
-    return delays
+    idx = np.flatnonzero(side)
+    picks = idx[rng.integers(0, len(idx), size=(n_resamples, len(idx)))]
+    counts = np.zeros((n_resamples, len(times)))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], picks), 1.0)
+    return _km_medians(times, events, counts), times[picks].max(axis=1)
 
 
 def delay_interval(
@@ -161,17 +157,23 @@ def delay_interval(
     """Bootstrap percentile interval of the KM-median delay (group minus the rest).
 
     Runs are resampled with replacement within each group (group sizes fixed).
-    A bound is None when it is unbounded: that tail of the resamples has an
-    undefined median (more than half censored). Resamples with both medians
-    undefined count against both bounds (conservative).
+    Where a resample's median is undefined (more than half censored) only a
+    floor is known: its last observed epoch. The lower bound then uses the
+    floor for the group and +inf for the rest, the upper bound the reverse, so
+    each bound is conservative; a bound is None when it is unbounded.
     """
     times = np.asarray(times, dtype=float)
     events = np.asarray(events, dtype=bool)
     group = np.asarray(group, dtype=bool)
-    delays = _delay_samples(times, events, group, n_resamples, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    m_in, floor_in = _bootstrap_medians(times, events, group, n_resamples, rng)
+    m_out, floor_out = _bootstrap_medians(times, events, ~group, n_resamples, rng)
+    defined_in, defined_out = ~np.isnan(m_in), ~np.isnan(m_out)
+    lowest = np.where(defined_in, m_in, floor_in) - np.where(defined_out, m_out, np.inf)
+    highest = np.where(defined_in, m_in, np.inf) - np.where(defined_out, m_out, floor_out)
     tail = (1 - level) / 2
-    lo = np.quantile(np.where(np.isnan(delays), -np.inf, delays), tail, method="lower")
-    hi = np.quantile(np.where(np.isnan(delays), np.inf, delays), 1 - tail, method="higher")
+    lo = np.quantile(lowest, tail, method="lower")
+    hi = np.quantile(highest, 1 - tail, method="higher")
     return [float(lo) if np.isfinite(lo) else None, float(hi) if np.isfinite(hi) else None]
 
 
@@ -195,8 +197,8 @@ def _verdict_base(n_visit, n_other, cens_visit, cens_other, alpha):
     }
 
 
-def _fmt_epochs(value) -> str:
-    return "undefined" if value is None else f"{value:+.0f}"
+def _bound(value) -> str:
+    return "unbounded" if value is None else f"{value:+.0f}"
 
 
 def detour_tests(
@@ -229,7 +231,7 @@ def detour_tests(
     times = np.asarray(times, dtype=float)
     events = np.asarray(events, dtype=bool)
     n_runs, n_states = visits.shape
-    out, tested = [], []
+    out, pending = [], {}  # pending: state tested -> (later?, median visiting, median other)
     for k in range(n_states):
         v = visits[:, k]
         n_visit, n_other = int(v.sum()), int((~v).sum())
@@ -265,26 +267,22 @@ def detour_tests(
                 delay=delay,
                 delay_ci=delay_interval(times, events, v, n_resamples, rng_seed),
             )
-            info["_later"] = delay > 0 if delay is not None else o_minus_e < 0
-            info["_medians"] = (m_visit, m_other)
-            tested.append(k)
+            later = delay > 0 if delay is not None else o_minus_e < 0
+            pending[k] = (later, m_visit, m_other)
         out.append(info)
 
+    tested = sorted(pending)
     for k, p_adj in zip(tested, holm([out[k]["p_value"] for k in tested])):
         info = out[k]
         info["p_adjusted"] = p_adj
-        later = info.pop("_later")
-        m_visit, m_other = info.pop("_medians")
+        later, m_visit, m_other = pending[k]
         lo, hi = info["delay_ci"]
-        medians = (
-            f"median convergence epoch {_median_text(m_visit)} visiting vs "
-            f"{_median_text(m_other)} not"
-        )
-        interval = f"[{_fmt_epochs(lo)}, {_fmt_epochs(hi)}]".replace("undefined", "unbounded")
+        delay = "undefined" if info["delay"] is None else f"{info['delay']:+.0f}"
         evidence = (
             f"{TEST_NAME} p = {info['p_value']:.2g}, Holm-adjusted over {len(tested)} "
-            f"state{'s' * (len(tested) != 1)} {p_adj:.2g}; {medians}; "
-            f"delay {_fmt_epochs(info['delay'])} epochs, {CI_LEVEL:.0%} interval {interval}"
+            f"state{'s' * (len(tested) != 1)} {p_adj:.2g}; median convergence epoch "
+            f"{_median_text(m_visit)} visiting vs {_median_text(m_other)} not; delay {delay} "
+            f"epochs, {CI_LEVEL:.0%} interval [{_bound(lo)}, {_bound(hi)}]"
         )
         if p_adj < alpha and later:
             info.update(

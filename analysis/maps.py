@@ -3,7 +3,8 @@
 METHOD.md sections 3 and 4. :func:`build_map` decodes every run (train and
 held-out) with Viterbi, relabels the states canonically, and fills the plain
 data classes of :mod:`analysis.result` that the CLI prints and the dashboard
-draws.
+draws. The statistics (detour tests, occupancy regression) are in
+:mod:`analysis.evidence`.
 """
 
 from __future__ import annotations

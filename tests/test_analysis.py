@@ -63,7 +63,8 @@ def test_analysis_never_imports_torch():
     code = (
         "import sys, analysis, analysis.api, analysis.cli, analysis.store, analysis.maps, "
         "analysis.synthetic, analysis.selection_study, analysis.fastem, analysis.model, "
-        "analysis.explain, analysis.prepare, hmmlearn.hmm, joblib, dask.distributed\n"
+        "analysis.explain, analysis.prepare, analysis.evidence, hmmlearn.hmm, joblib, "
+        "dask.distributed\n"
         "from analysis import fit_experiment, FitResult\n"
         # a whole (tiny) fit, map included, must not pull torch in either
         "from analysis.synthetic import make_synthetic\n"

@@ -1,0 +1,239 @@
+"""Comparing experiments (analysis.compare and ``trainmap compare``).
+
+Two synthetic experiments are generated from the same states (same seed): A
+forks, half its runs taking a detour through an extra state, B never does.
+Each is fitted on its own, so the comparison has to match states across two
+independent fits; the truth (the generating state of every checkpoint) says
+which match is right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis import api
+from analysis.compare import (
+    SCALE_POOLED,
+    SCALE_Z,
+    CompareError,
+    compare_experiments,
+    compare_fits,
+    convergence_tests,
+    load_for_compare,
+    match_states,
+)
+from analysis.synthetic import write_synthetic_experiment
+from trainer.cli import main as trainmap
+
+SEED = 0
+print(f"compare tests: synthetic seed {SEED}")
+FIT = dict(max_states=5, restarts=2, workers=1)
+MAIN_ONLY = [[0, 1, 3]]  # B: the main branch of the 4-state default graph, no detour
+
+
+def write_without_detour(root, name, n_runs, n_checkpoints, **kwargs):
+    """Runs of the main branch only, with other noise than A's runs of the same index.
+
+    A run's data depend on the seed and its index only, so writing twice as
+    many runs and dropping the first half gives runs A never had.
+    """
+    truth = write_synthetic_experiment(
+        root, name, n_runs=2 * n_runs, n_checkpoints=n_checkpoints, seed=SEED,
+        branches=MAIN_ONLY, **kwargs,
+    )  # fmt: skip
+    for run in truth.run_names[:n_runs]:
+        shutil.rmtree(root / name / run)
+    return {r: p for r, p in zip(truth.run_names[n_runs:], truth.paths[n_runs:])}
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    a = write_synthetic_experiment(root, "A", n_runs=12, n_checkpoints=150, seed=SEED)
+    truth = {"A": dict(zip(a.run_names, a.paths))}
+    truth["B"] = write_without_detour(root, "B", 12, 150)
+    truth["nobias"] = write_without_detour(root, "nobias", 8, 100, biases=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in truth:
+            api.fit_experiment(root, name, **FIT)
+    return root, truth
+
+
+def true_state(fit, truth, state):
+    """The generating state most of the checkpoints decoded as ``state`` come from."""
+    votes = Counter()
+    for run, path in fit.map().paths.items():
+        path = np.asarray(path)
+        votes.update(truth[run][path == state].tolist())
+    return votes.most_common(1)[0][0]
+
+
+# ----------------------------------------------------------------- analysis
+
+
+def test_states_matched_across_separate_fits_and_the_detour_is_only_in_one(experiments):
+    root, truth = experiments
+    c = compare_experiments([(root, "A"), (root, "B")])
+    fits = {e["name"]: load_for_compare(root, e["name"]).fit for e in c.experiments}
+    assert c.scale == SCALE_POOLED and len(c.features) == 14 and not c.warnings
+
+    # Every pair matched is the same generating state; every B state has a partner.
+    matched = [g for g in c.groups if g["matched"]]
+    assert len(matched) == fits["B"].selected_n
+    for g in matched:
+        a, b = g["states"]["A"], g["states"]["B"]
+        assert true_state(fits["A"], truth["A"], a) == true_state(fits["B"], truth["B"], b)
+        assert g["distance"] <= c.threshold
+    assert c.quality["matched_pairs"] == len(matched)
+    assert c.quality["max_distance"] == pytest.approx(max(g["distance"] for g in matched))
+
+    # A's detour state (generating state 2) exists in A only, farther than the threshold.
+    a_side = c.experiments[0]
+    detours = [s for s in a_side["states"] if s["is_detour"]]
+    assert [true_state(fits["A"], truth["A"], s["state"]) for s in detours] == [2]
+    alone = c.group_of("A", detours[0]["state"])
+    assert not alone["matched"] and alone["states"]["B"] is None
+    assert alone["nearest"]["B"] > c.threshold
+    assert detours[0]["detour"]["delay"] > 0 and detours[0]["detour"]["verdict"] == "detour"
+    assert not any(s["is_detour"] for s in c.experiments[1]["states"])
+
+    # The transitions into and out of the detour are A's only, because B lacks the state.
+    only_a = [t for t in c.transitions if alone["label"] in (t["source"], t["target"])]
+    assert len(only_a) == 2
+    for t in only_a:
+        assert list(t["present"]) == ["A"] and t["present"]["A"] == detours[0]["visited_runs"]
+        assert t["absent"]["B"] == f"{alone['label']} not in B"
+
+    # Convergence: one test, B against A, censored runs counted; words carry the evidence.
+    (test,) = c.convergence
+    assert (test["a"], test["b"], test["n_a"], test["n_b"]) == ("A", "B", 12, 12)
+    assert test["p_value"] is not None and test["p_adjusted"] == test["p_value"]
+    assert test["median_b"] - test["median_a"] == test["difference"]
+    assert "log-rank p" in test["message"] and "interval" in test["message"]
+    assert a_side["dissimilarity"] > c.experiments[1]["dissimilarity"]
+    json.dumps(c.to_dict())  # plain data
+
+
+def test_different_features_match_on_the_shared_ones(experiments):
+    root, truth = experiments
+    c = compare_experiments([(root, "A"), (root, "nobias")])
+    assert len(c.features) == 11 and "mean_b" not in c.features
+    assert c.experiments[0]["missing_features"] == ["mean_b", "median_b", "var_b"]
+    assert any("mean_b, median_b, var_b" in w for w in c.warnings)
+    fits = {e["name"]: load_for_compare(root, e["name"]).fit for e in c.experiments}
+    for g in (g for g in c.groups if g["matched"]):
+        a, b = g["states"]["A"], g["states"]["nobias"]
+        assert true_state(fits["A"], truth["A"], a) == true_state(
+            fits["nobias"], truth["nobias"], b
+        )
+
+
+def test_three_experiments_each_against_the_first(experiments):
+    root, _ = experiments
+    c = compare_experiments([(root, "A"), (root, "B"), (root, "nobias")])
+    assert [t["b"] for t in c.convergence] == ["B", "nobias"]
+    tested = [t for t in c.convergence if t["p_value"] is not None]
+    assert all(t["p_adjusted"] >= t["p_value"] for t in tested)  # Holm over two tests
+    names = ["A", "B", "nobias"]
+    for name in names:  # every state of every experiment is in exactly one group
+        states = [g["states"][name] for g in c.groups if g["states"][name] is not None]
+        assert sorted(states) == list(range(c.experiments[names.index(name)]["n_states"]))
+
+
+def test_no_shared_feature_and_per_run_scaling(experiments):
+    root, _ = experiments
+    a, b = load_for_compare(root, "A"), load_for_compare(root, "B")
+    renamed = dataclasses.replace(
+        b, fit=dataclasses.replace(b.fit, feature_names=[f"x{i}" for i in range(14)])
+    )
+    with pytest.raises(CompareError, match="share no feature column"):
+        compare_fits([a, renamed])
+    # Without a common scale (a fit z-scored per run) the match falls back to z units, said so.
+    per_run = dataclasses.replace(b, center=None, scale=None, name="B-per-run")
+    c = compare_fits([a, per_run])
+    assert c.scale == SCALE_Z and c.quality["unit"] == "z"
+    assert any("z-scored per run" in w and "B-per-run" in w for w in c.warnings)
+
+
+def test_missing_fit_gives_the_command(experiments, tmp_path):
+    root, _ = experiments
+    write_synthetic_experiment(tmp_path, "unfitted", n_runs=3, n_checkpoints=30, seed=1)
+    with pytest.raises(CompareError) as error:
+        compare_experiments([(root, "A"), (tmp_path, "unfitted")])
+    assert f"trainmap fit {tmp_path / 'unfitted'}" in str(error.value)
+    with pytest.raises(CompareError, match="at least two"):
+        compare_experiments([(root, "A")])
+    with pytest.raises(CompareError, match="feasible"):
+        compare_experiments([(root, "A"), (root, "B")], n_states=[9, None])
+
+
+def _fake_map(convergence: dict, last_epoch: int = 200):
+    runs = sorted(convergence)
+    return SimpleNamespace(
+        paths={r: [0] for r in runs},
+        epochs={r: [0, last_epoch] for r in runs},
+        convergence_epoch=convergence,
+    )
+
+
+def test_convergence_test_keeps_censored_runs():
+    fast = _fake_map({f"r{i}": 40 + i for i in range(8)})
+    # Most slow runs never converge: dropping them would hide exactly the slowness.
+    slow = _fake_map({f"r{i}": (90 + i if i < 3 else None) for i in range(8)})
+    (test,) = convergence_tests(["fast", "slow"], [fast, slow])
+    assert test["verdict"] == "later" and test["censored_b"] == 5 and test["p_value"] < 0.001
+    assert test["median_b"] is None and test["difference"] is None  # more than half censored
+    assert test["interval"][0] is not None and test["interval"][0] > 0
+    assert test["message"].startswith("slow converges later than fast")
+    (same,) = convergence_tests(["a", "b"], [fast, _fake_map({f"r{i}": 40 + i for i in range(8)})])
+    assert same["verdict"] == "no_difference" and same["difference"] == 0
+    few = _fake_map({"r0": 10, "r1": 20, "r2": None})
+    (untold,) = convergence_tests(["fast", "few"], [fast, few])
+    assert untold["verdict"] == "not_enough_runs" and untold["p_value"] is None
+    assert "few has 3 runs, need >= 4" in untold["message"]
+
+
+def test_match_states_threshold_and_one_state_per_experiment():
+    a = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]])
+    b = np.array([[4.1, 0.0], [0.2, 0.0]])  # near a[2] and a[0]; nothing near a[1]
+    groups = match_states([a, b], threshold=0.5)
+    assert groups == [{0: 0, 1: 1}, {0: 1}, {0: 2, 1: 0}]
+    assert match_states([a, b], threshold=0.05) == [{0: 0}, {0: 1}, {0: 2}, {1: 0}, {1: 1}]
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_report_and_errors(experiments, capsys, tmp_path):
+    root, _ = experiments
+    assert trainmap(["compare", str(root / "A"), str(root / "B")]) == 0
+    out = capsys.readouterr().out
+    assert "matched phases" in out and "only in A" in out
+    assert "detour S" in out and "convergence:" in out and "log-rank p" in out
+    assert "transitions in some experiments but not others" in out
+
+    write_synthetic_experiment(tmp_path, "unfitted", n_runs=2, n_checkpoints=20, seed=1)
+    assert trainmap(["compare", str(root / "A"), str(tmp_path / "unfitted")]) == 2
+    err = capsys.readouterr().err
+    assert f"trainmap fit {tmp_path / 'unfitted'}" in err
+    assert trainmap(["compare", str(root / "A"), str(tmp_path / "nowhere")]) == 2
+    assert "not an experiment directory" in capsys.readouterr().err
+    assert trainmap(["compare", str(root / "A"), str(root / "B"), "--n-states", "x"]) == 2
+
+
+def test_compare_imports_no_torch_and_the_cli_imports_cheaply():
+    code = "import sys, analysis.compare\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    cheap = "import sys, analysis.compare_cli\nassert 'scipy' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", cheap], check=True)

@@ -29,7 +29,7 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from app import evidence, figures
+from app import compare_figures, evidence, figures
 from trainer import rundir
 
 cache = Cache()
@@ -452,3 +452,56 @@ def fit_command(root: str, experiment: str) -> str:
     for key, value in BACKGROUND.get("fit_params", {}).items():
         command += f" --{key.replace('_', '-')} {value}"
     return command
+
+
+# ---------------------------------------------------------------- compare
+
+
+def valid_experiments(root: str, value) -> list[str]:
+    """Experiments to compare, from a URL (``A,B``) or a multi-select.
+
+    Names that are not experiments under the root are dropped; order is kept
+    and repeats removed. Never raises.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    names = []
+    for name in value or []:
+        name = valid_experiment(root, str(name).strip())
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+@cache.memoize()
+def compare_view(root: str, experiments: tuple, fps: tuple) -> dict:
+    """The Compare page's data for ``experiments`` (each with a saved fit).
+
+    ``fps`` are the experiments' fingerprints (the cache key). Returns
+    ``{"error": message}`` when they cannot be compared (e.g. no shared
+    feature), else ``comparison`` (``analysis.compare.Comparison.to_dict()``),
+    ``elements`` (per experiment, the map in matched phases) and ``figure``
+    (the convergence chart).
+    """
+    from analysis.compare import CompareError, compare_experiments
+
+    try:
+        comparison = compare_experiments([(root, e) for e in experiments]).to_dict()
+    except CompareError as error:
+        return {"error": str(error)}
+    elements = []
+    for i, (experiment, fp) in enumerate(zip(experiments, fps)):
+        side = comparison["experiments"][i]
+        fit = fit_result(root, experiment, fp)
+        # The page's fit and the comparison's are chosen alike; if a refit
+        # landed in between they differ, and the next fingerprint redraws.
+        if fit is None or fit.fingerprint != side["fit_key"] or side["n_states"] not in fit.maps:
+            elements.append([])
+            continue
+        tmap = fit.maps[side["n_states"]]
+        elements.append(compare_figures.matched_elements(figures.map_elements(tmap), comparison, i))
+    return {
+        "comparison": comparison,
+        "elements": elements,
+        "figure": compare_figures.convergence_figure(comparison).to_plotly_json(),
+    }

@@ -237,3 +237,78 @@ def test_compare_imports_no_torch_and_the_cli_imports_cheaply():
     subprocess.run([sys.executable, "-c", code], check=True)
     cheap = "import sys, analysis.compare_cli\nassert 'scipy' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", cheap], check=True)
+
+
+# ------------------------------------------------------- dashboard builders
+
+
+def test_builders_colour_matched_phases_alike(experiments):
+    from app import compare_figures, figures
+
+    root, _ = experiments
+    c = compare_experiments([(root, "A"), (root, "B")])
+    data = c.to_dict()
+    colour_of = {}
+    for i, side in enumerate(c.experiments):
+        fit = load_for_compare(root, side["name"]).fit
+        elements = compare_figures.matched_elements(figures.map_elements(fit.map()), data, i)
+        nodes = [e for e in elements if "source" not in e["data"]]
+        edges = [e for e in elements if "source" in e["data"]]
+        assert len(nodes) == side["n_states"] and len(edges) == len(fit.map().edges)
+        for node in nodes:
+            group = c.group_of(side["name"], node["data"]["state"])
+            assert node["data"]["color"] == figures.state_color(group["group"])
+            assert node["data"]["state_label"] == f"S{node['data']['state']}"
+            if group["matched"]:
+                assert node["data"]["label"] == group["label"]
+                colour_of.setdefault(group["label"], set()).add(node["data"]["color"])
+            else:
+                assert node["data"]["label"] == f"{group['label']} (only {side['name']})"
+                assert "unmatched" in node["classes"].split()
+        for edge in edges:  # an edge takes its source phase's colour, as on the map page
+            source = c.group_of(side["name"], int(edge["data"]["source"][1:]))
+            assert edge["data"]["color"] == figures.state_color(source["group"])
+    assert colour_of and all(len(colours) == 1 for colours in colour_of.values())
+
+    rows = compare_figures.match_rows(data)
+    assert [r["label"] for r in rows] == [g["label"] for g in c.groups]
+    assert sum(r["status"] == "only in A" for r in rows) == c.quality["unmatched_states"]
+    assert all(r["distance"].endswith("pooled sd") for r in rows if r["status"] == "matched")
+    summary = compare_figures.experiment_rows(data)
+    assert [r["experiment"] for r in summary] == ["A", "B"]
+    assert "+" in summary[0]["detours"] and "p" in summary[0]["detours"]
+    assert summary[1]["detours"].startswith("none")
+    items = compare_figures.transition_items(data)
+    assert len(items) == len(c.transitions) and all("→" in t for t in items)
+
+
+def test_convergence_figure_marks_never_converged_runs(experiments):
+    from app import compare_figures
+
+    root, _ = experiments
+    data = compare_experiments([(root, "A"), (root, "B")]).to_dict()
+    side = data["experiments"][1]
+    never = side["runs"][:3]
+    for run in never:  # as if three of B's runs never reached the threshold
+        side["convergence"][run] = None
+    fig = compare_figures.convergence_figure(data)
+    by_name = {t.name: t for t in fig.data}
+    censored = by_name["B: never converged (at last epoch)"]
+    assert list(censored.customdata) == never
+    assert list(censored.x) == [side["last_epoch"][r] for r in never]
+    assert censored.marker.symbol == "triangle-right-open"
+    assert len(by_name["B: converged"].x) == len(side["runs"]) - 3
+    assert "A: never converged (at last epoch)" not in by_name  # A's runs all converged
+    assert list(fig.layout.yaxis.ticktext) == ["A", "B"]
+    assert "B vs A" in fig.layout.title.text and "log-rank" in fig.layout.title.text
+    data["convergence"][0].update(verdict="not_enough_runs")
+    assert "not enough runs to tell" in compare_figures.convergence_title(data)
+
+
+def test_valid_experiments_from_the_url(experiments):
+    from app import data
+
+    root, _ = experiments
+    assert data.valid_experiments(str(root), "B,A,B,../etc, nope") == ["B", "A"]
+    assert data.valid_experiments(str(root), ["A", None]) == ["A"]
+    assert data.valid_experiments(str(root), None) == []

@@ -36,7 +36,10 @@ A fit z-scored per run (the paper's normalisation) has no common scale: each
 run has its own center and scale, so state means cannot go back to raw
 units. Then states are matched on their z-unit means directly, and the
 result says so (``scale == "z"``): such a match compares shapes of
-trajectories, not levels.
+trajectories, not levels. A user may ask for that too (``match_on="shapes"``):
+when one experiment's weights are simply larger throughout (LayerNorm,
+another width), no state matches on levels, yet the phases may follow the
+same course relative to each experiment's own mean and sd.
 
 Different feature columns: states are matched on the features every
 experiment has; the others are listed. No shared feature is an error.
@@ -88,6 +91,8 @@ MATCH_THRESHOLD = 0.5
 
 SCALE_POOLED = "pooled_sd"
 SCALE_Z = "z"
+# What a user may ask for: levels on the common scale (default) or shapes.
+MATCH_ON = ("levels", "shapes")
 
 
 class CompareError(ValueError):
@@ -148,6 +153,7 @@ class Comparison:
     experiments: list[dict]
     features: list[str]  # the shared features states were matched on
     scale: str  # SCALE_POOLED or SCALE_Z
+    match_on: str  # "levels" or "shapes", as asked
     threshold: float
     groups: list[dict]
     quality: dict
@@ -247,11 +253,12 @@ def compare_experiments(
     *,
     n_states: Sequence[int | None] | None = None,
     threshold: float = MATCH_THRESHOLD,
+    match_on: str = "levels",
 ) -> Comparison:
     """Compare the saved fits of ``targets``, a list of ``(root, experiment)``.
 
     ``n_states``: per experiment, the number of states to compare (None: the
-    fit's selected n). Raises :class:`CompareError` for fewer than two
+    fit's selected n). ``threshold`` and ``match_on``: see :func:`compare_fits`. Raises :class:`CompareError` for fewer than two
     experiments, a missing fit (with the command that makes it), an unknown
     n, or experiments without a shared feature.
     """
@@ -274,7 +281,7 @@ def compare_experiments(
             missing.append(str(error))
     if missing:
         raise CompareError("\n".join(missing))
-    return compare_fits(loaded, threshold=threshold)
+    return compare_fits(loaded, threshold=threshold, match_on=match_on)
 
 
 # ---------------------------------------------------------------- matching
@@ -292,16 +299,17 @@ def _rows(fit: LoadedFit) -> int:
     return sum(len(p) for p in fit.fit.map(fit.n).paths.values())
 
 
-def common_profiles(fits: Sequence[LoadedFit], features: Sequence[str]):
+def common_profiles(fits: Sequence[LoadedFit], features: Sequence[str], match_on="levels"):
     """Every fit's state means on one scale, and which scale that is.
 
     Returns ``(profiles, scale)``: per fit an array (n_states, len(features)).
     With pooled scaling in every fit, raw means re-standardised by the pooled
     mean and sd of all the experiments' checkpoints (``scale == "pooled_sd"``);
-    otherwise the fits' own z-unit means (``scale == "z"``).
+    otherwise, or when ``match_on == "shapes"``, the fits' own z-unit means
+    (``scale == "z"``).
     """
     columns = [[list(f.fit.feature_names).index(name) for name in features] for f in fits]
-    if any(f.center is None for f in fits):
+    if match_on == "shapes" or any(f.center is None for f in fits):
         return [f.means[:, c] for f, c in zip(fits, columns)], SCALE_Z
     counts = np.array([_rows(f) for f in fits], dtype=float)
     centers = np.array([f.center[c] for f, c in zip(fits, columns)])  # (fits, F)
@@ -551,10 +559,19 @@ def _transitions(summaries: list[dict], labels: list[str]) -> list[dict]:
     return out
 
 
-def compare_fits(fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOLD) -> Comparison:
-    """Compare fits already loaded (pure: no file is read)."""
+def compare_fits(
+    fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOLD, match_on: str = "levels"
+) -> Comparison:
+    """Compare fits already loaded (pure: no file is read).
+
+    ``match_on``: "levels" (state means on the pooled common scale, the
+    default) or "shapes" (each experiment's own z units); see the module
+    docstring.
+    """
     if len(fits) < 2:
         raise CompareError("compare needs at least two experiments")
+    if match_on not in MATCH_ON:
+        raise CompareError(f"match_on must be one of {MATCH_ON}, got {match_on!r}")
     if threshold <= 0:
         raise CompareError(f"the match threshold must be positive, got {threshold}")
     names = [f.name for f in fits]
@@ -571,8 +588,13 @@ def compare_fits(fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOL
                 f"{f.name} has features the others lack, left out of the matching: "
                 f"{', '.join(gone)}"
             )
-    profiles, scale = common_profiles(fits, features)
-    if scale == SCALE_Z:
+    profiles, scale = common_profiles(fits, features, match_on)
+    if match_on == "shapes":
+        notes.append(
+            "matched on shapes: each experiment's state means in its own z units "
+            "(relative to its own mean and sd), not on a common scale"
+        )
+    elif scale == SCALE_Z:
         per_run = [f.name for f in fits if f.center is None]
         notes.append(
             f"{', '.join(per_run)} {'was' if len(per_run) == 1 else 'were'} z-scored per run: "
@@ -621,6 +643,12 @@ def compare_fits(fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOL
             }
         )
     unmatched = sum(1 for g in groups if not g["matched"])
+    if not pair_distances and scale == SCALE_POOLED:
+        notes.append(
+            "no state matches on the common scale (the experiments' feature levels differ "
+            "throughout); matching on shapes compares the phases' courses instead "
+            "(trainmap compare --match-on shapes)"
+        )
     total = sum(len(p) for p in profiles)
     unit = "pooled sd" if scale == SCALE_POOLED else "z"
     quality = {
@@ -647,6 +675,7 @@ def compare_fits(fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOL
         experiments=summaries,
         features=list(features),
         scale=scale,
+        match_on=match_on,
         threshold=float(threshold),
         groups=groups,
         quality=quality,

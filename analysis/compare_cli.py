@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="largest distance (pooled sd) at which two states are the same phase (default 0.5)",
     )
+    parser.add_argument(
+        "--match-on",
+        choices=("levels", "shapes"),
+        default="levels",
+        help="match states by their means on one scale over all runs (levels, default) or "
+        "in each experiment's own z units (shapes)",
+    )
 
 
 def _epochs(value) -> str:
@@ -142,7 +149,9 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--n-states takes integers like 4,3, got {args.n_states!r}") from None
     threshold = MATCH_THRESHOLD if args.match_threshold is None else args.match_threshold
     try:
-        comparison = compare_experiments(targets, n_states=n_states, threshold=threshold)
+        comparison = compare_experiments(
+            targets, n_states=n_states, threshold=threshold, match_on=args.match_on
+        )
     except CompareError as error:
         raise UserError(str(error)) from None
     print(format_comparison(comparison))

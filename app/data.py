@@ -474,10 +474,11 @@ def valid_experiments(root: str, value) -> list[str]:
 
 
 @cache.memoize()
-def compare_view(root: str, experiments: tuple, fps: tuple) -> dict:
+def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "levels") -> dict:
     """The Compare page's data for ``experiments`` (each with a saved fit).
 
-    ``fps`` are the experiments' fingerprints (the cache key). Returns
+    ``fps`` are the experiments' fingerprints (the cache key); ``match_on`` is
+    "levels" or "shapes" (``analysis.compare.compare_fits``). Returns
     ``{"error": message}`` when they cannot be compared (e.g. no shared
     feature), else ``comparison`` (``analysis.compare.Comparison.to_dict()``),
     ``elements`` (per experiment, the map in matched phases) and ``figure``
@@ -486,7 +487,9 @@ def compare_view(root: str, experiments: tuple, fps: tuple) -> dict:
     from analysis.compare import CompareError, compare_experiments
 
     try:
-        comparison = compare_experiments([(root, e) for e in experiments]).to_dict()
+        comparison = compare_experiments(
+            [(root, e) for e in experiments], match_on=match_on
+        ).to_dict()
     except CompareError as error:
         return {"error": str(error)}
     elements = []

@@ -164,6 +164,18 @@ def test_no_shared_feature_and_per_run_scaling(experiments):
     c = compare_fits([a, per_run])
     assert c.scale == SCALE_Z and c.quality["unit"] == "z"
     assert any("z-scored per run" in w and "B-per-run" in w for w in c.warnings)
+    # Asked for: shapes in each experiment's own z units; the same states still pair up.
+    shapes = compare_fits([a, b], match_on="shapes")
+    assert shapes.scale == SCALE_Z and any("matched on shapes" in w for w in shapes.warnings)
+    levels = compare_fits([a, b])
+    pairs = {tuple(g["states"].values()) for g in levels.groups if g["matched"]}
+    assert pairs == {tuple(g["states"].values()) for g in shapes.groups if g["matched"]}
+    # Nothing within the threshold: every state is alone, and the way out is named.
+    apart = compare_fits([a, b], threshold=0.01)
+    assert apart.quality["matched_pairs"] == 0 and apart.quality["mean_distance"] is None
+    assert any("--match-on shapes" in w for w in apart.warnings)
+    with pytest.raises(CompareError, match="match_on"):
+        compare_fits([a, b], match_on="colour")
 
 
 def test_missing_fit_gives_the_command(experiments, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from selenium.webdriver.common.by import By
 from test_app_browser import assert_no_console_errors, query, wait_for, xdg_dirs  # noqa: F401
 from test_compare import FIT, SEED, write_without_detour
 
@@ -104,6 +105,14 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
     # The URL keeps the experiments compared and the other view settings.
     wait_for(lambda: query(dash_duo).get("experiments") == "A,B", message="experiments in URL")
     assert query(dash_duo)["run"] == "seed-01" and query(dash_duo)["metric"] == "l2"
+
+    # Matching on shapes instead: the table says z units, the URL keeps it across a reload.
+    dash_duo.driver.find_element(By.CSS_SELECTOR, "#compare-match input[value=shapes]").click()
+    dash_duo.wait_for_contains_text("#compare-quality-text", " z, largest", timeout=10)
+    wait_for(lambda: query(dash_duo).get("match") == "shapes", message="match in the URL")
+    dash_duo.driver.refresh()
+    dash_duo.wait_for_contains_text("#compare-quality-text", " z, largest", timeout=10)
+    assert query(dash_duo)["experiments"] == "A,B" and query(dash_duo)["run"] == "seed-01"
     assert_no_console_errors(dash_duo)
 
 

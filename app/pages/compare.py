@@ -48,7 +48,13 @@ def _slot(i: int) -> html.Div:
     )
 
 
-def layout(experiments=None, experiment=None, n=None, run=None, metric=None, **_):
+MATCH_OPTIONS = [
+    {"label": "levels (one scale over all runs)", "value": "levels"},
+    {"label": "shapes (each experiment's own z units)", "value": "shapes"},
+]
+
+
+def layout(experiments=None, match=None, experiment=None, n=None, run=None, metric=None, **_):
     root = data.current_root()
     chosen = data.valid_experiments(root, experiments)
     if not experiments:  # nothing asked: the first two experiments, if there are two
@@ -69,6 +75,17 @@ def layout(experiments=None, experiment=None, n=None, run=None, metric=None, **_
                             placeholder="choose two or more experiments",
                             className="control",
                             style={"minWidth": "420px"},
+                        ),
+                    ),
+                    components.label(
+                        "match states on",
+                        dcc.RadioItems(
+                            id="compare-match",
+                            options=MATCH_OPTIONS,
+                            value="shapes" if match == "shapes" else "levels",
+                            inline=True,
+                            inputStyle={"marginRight": "4px"},
+                            labelStyle={"marginRight": "12px"},
                         ),
                     ),
                 ],
@@ -184,15 +201,17 @@ def _message(root: str, chosen: list[str], view: dict | None):
         Output("compare-transitions", "children"),
     ],
     Input("compare-experiments", "value"),
+    Input("compare-match", "value"),
 )
-def show(experiments):
+def show(experiments, match_on):
     root = data.current_root()
     chosen = data.valid_experiments(root, experiments)
     fps = tuple(data.fingerprint(root, e) for e in chosen)
     unfitted = [e for e, fp in zip(chosen, fps) if data.fit_overview(root, e, fp) is None]
     view = None
     if len(chosen) >= 2 and not unfitted:
-        view = data.compare_view(root, tuple(chosen), fps)
+        match_on = "shapes" if match_on == "shapes" else "levels"
+        view = data.compare_view(root, tuple(chosen), fps, match_on)
     comparison = (view or {}).get("comparison")
     elements = list((view or {}).get("elements") or [])
     shown = chosen[:MAX_MAPS]
@@ -232,11 +251,17 @@ def show(experiments):
 @callback(
     Output("app-query", "data", allow_duplicate=True),
     Input("compare-experiments", "value"),
+    Input("compare-match", "value"),
     State("compare-query", "data"),
     State("app-query", "data"),
     prevent_initial_call="initial_duplicate",
 )
-def sync_query(experiments, incoming, current):
+def sync_query(experiments, match_on, incoming, current):
     root = data.current_root()
     chosen = data.valid_experiments(root, experiments)
-    return components.merge_query(incoming, current, experiments=",".join(chosen) or None)
+    return components.merge_query(
+        incoming,
+        current,
+        experiments=",".join(chosen) or None,
+        match="shapes" if match_on == "shapes" else None,  # levels is the default
+    )

@@ -60,7 +60,12 @@ def matched_elements(elements: Sequence[Mapping], comparison: Mapping, index: in
         classes = element.get("classes", "").split()
         if "source" in data:  # an edge
             source = states[int(data["source"][1:])]
-            data["color"] = state_color(source["group"])
+            target = states[int(data["target"][1:])]
+            data.update(
+                color=state_color(source["group"]),
+                source_label=source["label"],
+                target_label=target["label"],
+            )
         else:
             state = states[int(data["state"])]
             group = groups[state["group"]]

@@ -280,6 +280,7 @@ def test_builders_colour_matched_phases_alike(experiments):
         for edge in edges:  # an edge takes its source phase's colour, as on the map page
             source = c.group_of(side["name"], int(edge["data"]["source"][1:]))
             assert edge["data"]["color"] == figures.state_color(source["group"])
+            assert edge["data"]["source_label"] == source["label"]
     assert colour_of and all(len(colours) == 1 for colours in colour_of.values())
 
     rows = compare_figures.match_rows(data)

@@ -78,6 +78,16 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
         label for label in colours[0] if label.endswith("(only A)")
     ]
 
+    # Hovering a state says which experiment state and phase it is.
+    alone_state = alone[0]["states"]["A"] if alone else 0
+    dash_duo.driver.execute_script(
+        "document.getElementById('compare-graph-0')._cyreg.cy.getElementById(arguments[0])"
+        ".emit('mouseover');",
+        f"s{alone_state}",
+    )
+    dash_duo.wait_for_contains_text("#compare-hover-0", f"= S{alone_state}", timeout=5)
+    assert "occupancy" in dash_duo.find_element("#compare-hover-0").text
+
     # The quality table, the per-experiment table and the transitions.
     dash_duo.wait_for_contains_text("#compare-quality", matched[0]["label"], timeout=10)
     assert comparison.quality["message"] in dash_duo.find_element("#compare-quality-text").text

@@ -42,6 +42,11 @@ def _slot(i: int) -> html.Div:
                 ),
                 className="map-canvas",
             ),
+            html.Div(
+                html.P("Hover a state or a transition.", className="muted"),
+                id=f"compare-hover-{i}",
+                className="hover-box",
+            ),
         ],
         id=f"compare-slot-{i}",
         style=SHOWN if i < 2 else HIDDEN,
@@ -265,3 +270,48 @@ def sync_query(experiments, match_on, incoming, current):
         experiments=",".join(chosen) or None,
         match="shapes" if match_on == "shapes" else None,  # levels is the default
     )
+
+
+def hover_text(node: dict | None, edge: dict | None, triggered: str | None):
+    """What the hover box under a map says about the node or edge hovered last."""
+    if triggered == "mouseoverEdgeData" and edge:
+        conv = edge.get("mean_convergence_epoch")
+        return [
+            html.H5(
+                f"{edge['source_label']} → {edge['target_label']} "
+                f"({edge['source'].upper()} → {edge['target'].upper()}, p = {edge['prob']:.3f} "
+                "per checkpoint)"
+            ),
+            html.P(
+                f"{edge['n_runs']} run{'s' * (edge['n_runs'] != 1)} take it; their mean "
+                f"convergence epoch {'n/a' if conv is None else f'{conv:.1f}'}"
+            ),
+        ]
+    if node:
+        return [
+            html.H5(f"{node['label']} = {node['state_label']}", style={"color": node["color"]}),
+            html.P(
+                f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
+                f"visited by {node['visited_runs']} runs"
+            ),
+            html.P(node.get("detour_text", "")),
+        ]
+    return html.P("Hover a state or a transition.", className="muted")
+
+
+def _hover_callback(i: int) -> None:
+    @callback(
+        Output(f"compare-hover-{i}", "children"),
+        Input(f"compare-graph-{i}", "mouseoverNodeData"),
+        Input(f"compare-graph-{i}", "mouseoverEdgeData"),
+        prevent_initial_call=True,
+    )
+    def hover(node, edge):
+        triggered = (
+            dash.ctx.triggered[0]["prop_id"].rsplit(".", 1)[-1] if dash.ctx.triggered else None
+        )
+        return hover_text(node, edge, triggered)
+
+
+for _i in range(MAX_MAPS):
+    _hover_callback(_i)

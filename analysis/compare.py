@@ -26,11 +26,15 @@ matched afterwards by their means, on a common scale:
    per feature, the two states differ by d sds").
 4. ``scipy.optimize.linear_sum_assignment`` pairs the states of two
    experiments with the smallest total distance (each state used at most
-   once); a pair farther apart than ``threshold`` (default
-   :data:`MATCH_THRESHOLD`) is not a match: both states exist in one
-   experiment only. With three or more experiments they join one at a time,
-   each matched against the groups formed so far (by the mean of the
-   group's members); with two this is the plain assignment.
+   once). A pair within ``threshold`` (default :data:`MATCH_THRESHOLD`) is
+   *the same* phase: as close as one state fitted twice on different runs.
+   A pair farther apart is still *similar* when the two states are closer to
+   each other than either is to any other state of its own experiment (the
+   experiments pass through corresponding phases, at different values);
+   otherwise it is no match, and both states exist in one experiment only.
+   With three or more experiments they join one at a time, each matched
+   against the groups formed so far (by the mean of the group's members);
+   with two this is the plain assignment.
 
 A fit z-scored per run (the paper's normalisation) has no common scale: each
 run has its own center and scale, so state means cannot go back to raw
@@ -49,10 +53,24 @@ Convergence
 Each run's convergence epoch comes from its fit (first checkpoint at the
 fit's accuracy threshold); runs that never get there are censored at their
 last epoch, as in the detour test (:mod:`analysis.evidence`). Each experiment
-is compared with the first by a log-rank test (Holm-corrected when there are
-more than two experiments) and by the difference of Kaplan-Meier medians with
-a bootstrap interval. Fewer than ``MIN_RUNS_PER_SIDE`` runs in an experiment:
-"not enough runs to tell".
+is compared with the first by the Gehan-Breslow generalised Wilcoxon test
+(Holm-corrected when there are more than two experiments) and by the
+difference of Kaplan-Meier medians with a bootstrap interval. Fewer than
+``MIN_RUNS_PER_SIDE`` runs in an experiment: "not enough runs to tell".
+
+Why not the log-rank test of the detour test: the log-rank weights every
+convergence equally and is built for hazards in a constant ratio. Comparing
+two training setups, that rarely holds: the fast setup converges early and
+its few runs that never converge then have no chance left, while the slow
+setup's runs converge later (the hazards cross). On the LayerNorm example
+(7 of 8 runs per experiment converge, every converged LayerNorm run before
+every converged run without it) the log-rank gives p = 0.076 and its exact
+permutation version 0.096: the statistic, not its approximation, loses the
+difference. Gehan's test weights each convergence by the runs still at risk,
+i.e. it compares runs pairwise ("which converged first"; a run censored at
+its last epoch counts as slower than every convergence before that epoch),
+the censored form of the Wilcoxon rank-sum test: p = 0.006 there. It is the
+test for "which setup converges sooner"; the detour test keeps the log-rank.
 
 Everything returned is plain data (:class:`Comparison`), so the CLI prints it
 and the dashboard draws it. This module must not import torch.
@@ -67,17 +85,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
 from analysis.evidence import (
     ALPHA,
     CI_LEVEL,
     MIN_RUNS_PER_SIDE,
-    TEST_NAME,
     delay_interval,
     holm,
     km_median,
-    logrank_test,
 )
 
 # Two states whose means differ by more than this (root-mean-square over the
@@ -92,7 +109,8 @@ MATCH_THRESHOLD = 0.5
 SCALE_POOLED = "pooled_sd"
 SCALE_Z = "z"
 # What a user may ask for: levels on the common scale (default) or shapes.
-MATCH_ON = ("levels", "shapes")
+# "auto": levels, or shapes when not a single state matches on levels.
+MATCH_ON = ("auto", "levels", "shapes")
 
 
 class CompareError(ValueError):
@@ -129,13 +147,15 @@ class Comparison:
 
     ``groups``: the matched phases, in label order: ``group`` (index, also the
     colour), ``label`` ("M0", ...), ``states`` (experiment name -> state or
-    None), ``matched`` (in two or more experiments), ``distance`` (the largest
+    None), ``matched`` (in two or more experiments), ``grade`` ("same",
+    "similar", or None when alone), ``distance`` (the largest
     pairwise distance of its members, pooled sd; None if alone) and
     ``nearest`` (for a state alone: its distance to the nearest state of each
     other experiment).
 
     ``quality``: ``matched_pairs``, ``mean_distance``, ``max_distance``,
-    ``unmatched_states`` and ``message``.
+    ``same_groups``, ``similar_groups``, ``unmatched_states``, ``unit`` and
+    ``message``.
 
     ``convergence``: one test per experiment after the first, against the
     first: ``a``, ``b``, ``test``, ``n_a``, ``n_b``, ``censored_a``,
@@ -153,7 +173,7 @@ class Comparison:
     experiments: list[dict]
     features: list[str]  # the shared features states were matched on
     scale: str  # SCALE_POOLED or SCALE_Z
-    match_on: str  # "levels" or "shapes", as asked
+    match_on: str  # "levels" or "shapes": what the states were matched on
     threshold: float
     groups: list[dict]
     quality: dict
@@ -253,14 +273,15 @@ def compare_experiments(
     *,
     n_states: Sequence[int | None] | None = None,
     threshold: float = MATCH_THRESHOLD,
-    match_on: str = "levels",
+    match_on: str = "auto",
 ) -> Comparison:
     """Compare the saved fits of ``targets``, a list of ``(root, experiment)``.
 
     ``n_states``: per experiment, the number of states to compare (None: the
-    fit's selected n). ``threshold`` and ``match_on``: see :func:`compare_fits`. Raises :class:`CompareError` for fewer than two
-    experiments, a missing fit (with the command that makes it), an unknown
-    n, or experiments without a shared feature.
+    fit's selected n). ``threshold`` and ``match_on``: see :func:`compare_fits`.
+    Raises :class:`CompareError` for fewer than two experiments, a missing fit
+    (with the command that makes it), an unknown n, or experiments without a
+    shared feature.
     """
     targets = [(Path(root), str(experiment)) for root, experiment in targets]
     if len(targets) < 2:
@@ -330,27 +351,52 @@ def distance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).mean(axis=2))
 
 
-def match_states(profiles: Sequence[np.ndarray], threshold: float) -> list[dict[int, int]]:
-    """Groups of matched states: each a dict fit index -> state, at most one per fit.
+def own_separation(profiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per fit and state, the distance to the nearest other state of the same fit (inf if none)."""
+    out = []
+    for p in profiles:
+        d = distance_matrix(p, p)
+        np.fill_diagonal(d, np.inf)
+        out.append(d.min(axis=1) if len(p) else np.empty(0))
+    return out
+
+
+def match_states(profiles: Sequence[np.ndarray], threshold: float) -> list[dict]:
+    """Groups of matched states: ``{"members": {fit index: state}, "grade": ...}``.
 
     The first fit's states start one group each (in its canonical order);
     every further fit is assigned to the groups so far by
-    ``linear_sum_assignment`` on the distance to each group's mean profile;
-    assignments farther than ``threshold`` and states left over start new groups.
+    ``linear_sum_assignment`` on the distance to each group's mean profile.
+    An assigned pair is kept as ``"same"`` when it is within ``threshold``,
+    as ``"similar"`` when the state is closer to the group than to any other
+    state of its own fit and than the group's members are to theirs, and is
+    otherwise refused; refused and left-over states start new groups (grade
+    None). A group's grade is its loosest join.
     """
-    groups: list[dict[int, int]] = [{0: k} for k in range(len(profiles[0]))]
+    separation = own_separation(profiles)
+    groups = [{"members": {0: k}, "grade": None} for k in range(len(profiles[0]))]
     for i in range(1, len(profiles)):
         centroids = np.array(
-            [np.mean([profiles[j][k] for j, k in g.items()], axis=0) for g in groups]
+            [np.mean([profiles[j][k] for j, k in g["members"].items()], axis=0) for g in groups]
         )
         dist = distance_matrix(profiles[i], centroids)
         rows, cols = linear_sum_assignment(dist)
         assigned = set()
         for r, c in zip(rows, cols):
+            group = groups[c]
+            spread = min(separation[j][k] for j, k in group["members"].items())
             if dist[r, c] <= threshold:
-                groups[c][i] = int(r)
-                assigned.add(int(r))
-        groups += [{i: k} for k in range(len(profiles[i])) if k not in assigned]
+                grade = "same"
+            elif dist[r, c] < min(separation[i][r], spread):
+                grade = "similar"
+            else:
+                continue
+            group["members"][i] = int(r)
+            group["grade"] = "similar" if "similar" in (grade, group["grade"]) else "same"
+            assigned.add(int(r))
+        groups += [
+            {"members": {i: k}, "grade": None} for k in range(len(profiles[i])) if k not in assigned
+        ]
     return groups
 
 
@@ -375,6 +421,37 @@ def _bound(value) -> str:
     return "unbounded" if value is None else f"{value:+.0f}"
 
 
+CONVERGENCE_TEST = "Gehan-Wilcoxon"
+
+
+def weighted_logrank(times, events, group, weight: str = "gehan") -> tuple[float, float, float]:
+    """Two-sample weighted log-rank test; ``weight`` "gehan" (runs at risk) or "logrank" (1).
+
+    Same conventions and returns as :func:`analysis.evidence.logrank_test`
+    (``(chi2, p_value, weighted observed minus expected for the first group)``);
+    with ``weight="logrank"`` it is that test.
+    """
+    times = np.asarray(times, dtype=float)
+    events = np.asarray(events, dtype=bool)
+    group = np.asarray(group, dtype=bool)
+    event_times = np.unique(times[events])
+    at_risk = times[None, :] >= event_times[:, None]
+    dies = events[None, :] & (times[None, :] == event_times[:, None])
+    n = at_risk.sum(axis=1).astype(float)
+    n1 = (at_risk & group).sum(axis=1).astype(float)
+    d = dies.sum(axis=1).astype(float)
+    d1 = (dies & group).sum(axis=1).astype(float)
+    w = n if weight == "gehan" else np.ones_like(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = np.where(n > 1, d * (n1 / n) * (1 - n1 / n) * (n - d) / (n - 1), 0.0)
+    u = float((w * (d1 - d * n1 / n)).sum())
+    v = float((w**2 * variance).sum())
+    if v <= 0:
+        return 0.0, 1.0, u
+    chi2 = u**2 / v
+    return float(chi2), float(stats.chi2.sf(chi2, 1)), u
+
+
 def convergence_test(a_name, a_map, b_name, b_map, *, alpha=ALPHA, min_runs=MIN_RUNS_PER_SIDE):
     """Is experiment b's convergence epoch different from a's? (censored runs kept)."""
     _, t_a, e_a = _times(a_map)
@@ -384,7 +461,7 @@ def convergence_test(a_name, a_map, b_name, b_map, *, alpha=ALPHA, min_runs=MIN_
     out = {
         "a": a_name,
         "b": b_name,
-        "test": TEST_NAME,
+        "test": CONVERGENCE_TEST,
         "n_a": len(t_a),
         "n_b": len(t_b),
         "censored_a": int((~e_a).sum()),
@@ -411,7 +488,7 @@ def convergence_test(a_name, a_map, b_name, b_map, *, alpha=ALPHA, min_runs=MIN_
     if not events.any():
         out["message"] = "not enough runs to tell: no run of either experiment converged"
         return out
-    chi2, p, o_minus_e = logrank_test(times, events, group)
+    chi2, p, o_minus_e = weighted_logrank(times, events, group)
     if out["median_a"] is not None and out["median_b"] is not None:
         out["difference"] = out["median_b"] - out["median_a"]
     out.update(
@@ -560,18 +637,34 @@ def _transitions(summaries: list[dict], labels: list[str]) -> list[dict]:
 
 
 def compare_fits(
-    fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOLD, match_on: str = "levels"
+    fits: Sequence[LoadedFit], *, threshold: float = MATCH_THRESHOLD, match_on: str = "auto"
 ) -> Comparison:
     """Compare fits already loaded (pure: no file is read).
 
-    ``match_on``: "levels" (state means on the pooled common scale, the
-    default) or "shapes" (each experiment's own z units); see the module
-    docstring.
+    ``match_on``: "levels" (state means on the pooled common scale), "shapes"
+    (each experiment's own z units; see the module docstring) or "auto" (the
+    default): levels, unless not a single state matches there, then shapes,
+    and the warnings say so.
     """
-    if len(fits) < 2:
-        raise CompareError("compare needs at least two experiments")
     if match_on not in MATCH_ON:
         raise CompareError(f"match_on must be one of {MATCH_ON}, got {match_on!r}")
+    if match_on != "auto":
+        return _compare(fits, threshold, match_on)
+    levels = _compare(fits, threshold, "levels")
+    if levels.quality["matched_pairs"] or levels.scale != SCALE_POOLED:
+        return levels
+    shapes = _compare(fits, threshold, "shapes")
+    shapes.warnings = [w for w in shapes.warnings if not w.startswith("matched on shapes")] + [
+        "no state matched on the common scale (the experiments' feature levels differ "
+        "throughout), so states are matched on shapes: each experiment's state means in "
+        "its own z units (--match-on levels shows the unmatched view)"
+    ]
+    return shapes
+
+
+def _compare(fits: Sequence[LoadedFit], threshold: float, match_on: str) -> Comparison:
+    if len(fits) < 2:
+        raise CompareError("compare needs at least two experiments")
     if threshold <= 0:
         raise CompareError(f"the match threshold must be positive, got {threshold}")
     names = [f.name for f in fits]
@@ -616,11 +709,12 @@ def compare_fits(
     raw_groups = match_states(profiles, threshold)
     labels = [f"M{g}" for g in range(len(raw_groups))]
     group_of = [dict() for _ in fits]
-    for g, members in enumerate(raw_groups):
-        for i, k in members.items():
+    for g, raw in enumerate(raw_groups):
+        for i, k in raw["members"].items():
             group_of[i][k] = g
     groups, pair_distances = [], []
-    for g, members in enumerate(raw_groups):
+    for g, raw in enumerate(raw_groups):
+        members = raw["members"]
         pairs = [
             float(distance_matrix(profiles[i][[k]], profiles[j][[m]])[0, 0])
             for (i, k), (j, m) in itertools.combinations(sorted(members.items()), 2)
@@ -638,34 +732,47 @@ def compare_fits(
                 "label": labels[g],
                 "states": {names[i]: members.get(i) for i in range(len(fits))},
                 "matched": len(members) > 1,
+                "grade": raw["grade"],
                 "distance": max(pairs) if pairs else None,
                 "nearest": nearest,
             }
         )
     unmatched = sum(1 for g in groups if not g["matched"])
-    if not pair_distances and scale == SCALE_POOLED:
+    same = sum(1 for g in groups if g["grade"] == "same")
+    similar = sum(1 for g in groups if g["grade"] == "similar")
+    if not same and scale == SCALE_POOLED:
         notes.append(
-            "no state matches on the common scale (the experiments' feature levels differ "
-            "throughout); matching on shapes compares the phases' courses instead "
+            "no state is the same on the common scale (the experiments' feature levels "
+            "differ); matching on shapes compares the phases' courses instead "
             "(trainmap compare --match-on shapes)"
         )
     total = sum(len(p) for p in profiles)
     unit = "pooled sd" if scale == SCALE_POOLED else "z"
+    grades = []
+    if same:
+        grades.append(f"{same} the same (within {threshold:g} {unit})")
+    if similar:
+        grades.append(
+            f"{similar} only similar (farther apart, but closer to each other than to the "
+            "other states of their own experiment)"
+        )
+    distances = (
+        f"mean distance {np.mean(pair_distances):.2f} {unit}, largest {np.max(pair_distances):.2f}"
+        if pair_distances
+        else f"no two states close enough to match ({unit})"
+    )
     quality = {
         "matched_pairs": len(pair_distances),
         "mean_distance": float(np.mean(pair_distances)) if pair_distances else None,
         "max_distance": float(np.max(pair_distances)) if pair_distances else None,
+        "same_groups": same,
+        "similar_groups": similar,
         "unmatched_states": unmatched,
         "unit": unit,
         "message": (
             f"{total - unmatched} of {total} states matched across experiments"
-            + (
-                f"; mean distance {np.mean(pair_distances):.2f} {unit}, "
-                f"largest {np.max(pair_distances):.2f} (threshold {threshold:g})"
-                if pair_distances
-                else f"; none closer than the threshold {threshold:g} {unit}"
-            )
-            + f"; on {len(features)} shared feature{'s' * (len(features) != 1)}"
+            + (f" ({'; '.join(grades)})" if grades else "")
+            + f"; {distances}; on {len(features)} shared feature{'s' * (len(features) != 1)}"
         ),
     }
     summaries = [

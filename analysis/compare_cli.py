@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--match-on",
-        choices=("levels", "shapes"),
-        default="levels",
-        help="match states by their means on one scale over all runs (levels, default) or "
-        "in each experiment's own z units (shapes)",
+        choices=("auto", "levels", "shapes"),
+        default="auto",
+        help="match states by their means on one scale over all runs (levels) or in each "
+        "experiment's own z units (shapes); auto (default): levels, shapes if nothing matches",
     )
 
 
@@ -71,7 +71,7 @@ def format_comparison(c) -> str:
             for n in names
         )
         if g["matched"]:
-            how = f"{g['distance']:.2f} {unit}" if g["distance"] is not None else ""
+            how = f"{g['distance']:.2f} {unit} ({g['grade']})"
         else:
             only = next(n for n in names if g["states"][n] is not None)
             nearest = ", ".join(f"{d:.2f} from {n}'s nearest" for n, d in g["nearest"].items())

@@ -106,6 +106,9 @@ def match_rows(comparison: Mapping) -> list[dict]:
                 },
                 "distance": _distance_text(group, unit),
                 "status": "matched" if group["matched"] else f"only in {present[0]}",
+                # "same": as close as one state fitted twice; "similar": nearer to
+                # each other than to the other states of their own experiments.
+                "match": group.get("grade") or f"only in {present[0]}",
             }
         )
     return rows
@@ -269,6 +272,6 @@ def convergence_title(comparison: Mapping) -> str:
         parts.append(
             f"{test['b']} vs {test['a']}: {diff_text} "
             f"({evidence.interval_words(test['interval'])}), "
-            f"log-rank {evidence.p_words(test['p_adjusted'])}"
+            f"{test['test']} {evidence.p_words(test['p_adjusted'])}"
         )
     return "<br>".join(parts)

@@ -474,11 +474,11 @@ def valid_experiments(root: str, value) -> list[str]:
 
 
 @cache.memoize()
-def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "levels") -> dict:
+def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "auto") -> dict:
     """The Compare page's data for ``experiments`` (each with a saved fit).
 
     ``fps`` are the experiments' fingerprints (the cache key); ``match_on`` is
-    "levels" or "shapes" (``analysis.compare.compare_fits``). Returns
+    "auto", "levels" or "shapes" (``analysis.compare.compare_fits``). Returns
     ``{"error": message}`` when they cannot be compared (e.g. no shared
     feature), else ``comparison`` (``analysis.compare.Comparison.to_dict()``),
     ``elements`` (per experiment, the map in matched phases) and ``figure``

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from analysis import api
 from analysis.compare import (
@@ -31,7 +32,9 @@ from analysis.compare import (
     convergence_tests,
     load_for_compare,
     match_states,
+    weighted_logrank,
 )
+from analysis.evidence import logrank_test
 from analysis.synthetic import write_synthetic_experiment
 from trainer.cli import main as trainmap
 
@@ -120,7 +123,7 @@ def test_states_matched_across_separate_fits_and_the_detour_is_only_in_one(exper
     assert (test["a"], test["b"], test["n_a"], test["n_b"]) == ("A", "B", 12, 12)
     assert test["p_value"] is not None and test["p_adjusted"] == test["p_value"]
     assert test["median_b"] - test["median_a"] == test["difference"]
-    assert "log-rank p" in test["message"] and "interval" in test["message"]
+    assert "Gehan-Wilcoxon p" in test["message"] and "interval" in test["message"]
     assert a_side["dissimilarity"] > c.experiments[1]["dissimilarity"]
     json.dumps(c.to_dict())  # plain data
 
@@ -170,10 +173,17 @@ def test_no_shared_feature_and_per_run_scaling(experiments):
     levels = compare_fits([a, b])
     pairs = {tuple(g["states"].values()) for g in levels.groups if g["matched"]}
     assert pairs == {tuple(g["states"].values()) for g in shapes.groups if g["matched"]}
-    # Nothing within the threshold: every state is alone, and the way out is named.
-    apart = compare_fits([a, b], threshold=0.01)
+    # B's weights far larger throughout: nothing matches on levels, the way out is named,
+    # and on shapes the same states pair up again.
+    shifted = dataclasses.replace(b, center=b.center + 100 * b.scale)
+    apart = compare_fits([a, shifted], match_on="levels")
     assert apart.quality["matched_pairs"] == 0 and apart.quality["mean_distance"] is None
     assert any("--match-on shapes" in w for w in apart.warnings)
+    again = compare_fits([a, shifted])  # auto: shapes, since nothing matches on levels
+    assert again.match_on == "shapes" and again.scale == SCALE_Z
+    assert any("no state matched on the common scale" in w for w in again.warnings)
+    assert pairs == {tuple(g["states"].values()) for g in again.groups if g["matched"]}
+    assert levels.match_on == "levels"  # auto keeps levels when states match there
     with pytest.raises(CompareError, match="match_on"):
         compare_fits([a, b], match_on="colour")
 
@@ -220,8 +230,40 @@ def test_match_states_threshold_and_one_state_per_experiment():
     a = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]])
     b = np.array([[4.1, 0.0], [0.2, 0.0]])  # near a[2] and a[0]; nothing near a[1]
     groups = match_states([a, b], threshold=0.5)
-    assert groups == [{0: 0, 1: 1}, {0: 1}, {0: 2, 1: 0}]
-    assert match_states([a, b], threshold=0.05) == [{0: 0}, {0: 1}, {0: 2}, {1: 0}, {1: 1}]
+    assert [g["members"] for g in groups] == [{0: 0, 1: 1}, {0: 1}, {0: 2, 1: 0}]
+    assert [g["grade"] for g in groups] == ["same", None, "same"]
+    # Beyond the threshold but nearer to each other than to their own neighbours: similar.
+    loose = match_states([a, b], threshold=0.05)
+    assert [g["members"] for g in loose] == [{0: 0, 1: 1}, {0: 1}, {0: 2, 1: 0}]
+    assert [g["grade"] for g in loose] == ["similar", None, "similar"]
+    # Far from everything: b's states are nobody's counterpart.
+    far = match_states([a, b + 10.0], threshold=0.5)
+    assert [g["members"] for g in far] == [{0: 0}, {0: 1}, {0: 2}, {1: 0}, {1: 1}]
+
+
+def test_gehan_test_against_known_answers():
+    rng = np.random.default_rng(SEED)
+    times = rng.integers(10, 60, size=20).astype(float)
+    events = rng.random(20) < 0.7
+    group = np.arange(20) < 9
+    assert weighted_logrank(times, events, group, "logrank") == pytest.approx(
+        logrank_test(times, events, group)
+    )
+    # Without censoring Gehan's test is the Wilcoxon rank-sum (Mann-Whitney) test.
+    x, y = rng.normal(size=10), rng.normal(0.8, size=12)
+    _, p, _ = weighted_logrank(np.r_[x, y], np.ones(22, bool), np.arange(22) < 10)
+    mw = stats.mannwhitneyu(x, y, use_continuity=False, method="asymptotic").pvalue
+    assert p == pytest.approx(mw, abs=0.01)
+    # The LayerNorm example's shape (docs/compare.md): 7 of 8 runs converge in each
+    # experiment, all of one before all of the other; one run of each never does.
+    slow = [220, 160, 196, 144, 164, 200, 112, 400]
+    fast = [33, 27, 27, 33, 300, 33, 27, 30]
+    times = np.array(slow + fast, dtype=float)
+    events = np.array([True] * 7 + [False] + [True] * 4 + [False] + [True] * 3)
+    group = np.arange(16) >= 8
+    assert logrank_test(times, events, group)[1] > 0.05  # the log-rank misses it
+    chi2, p, u = weighted_logrank(times, events, group)
+    assert p < 0.01 and u > 0  # the fast group converges more than expected
 
 
 # ---------------------------------------------------------------------- CLI
@@ -232,7 +274,7 @@ def test_cli_report_and_errors(experiments, capsys, tmp_path):
     assert trainmap(["compare", str(root / "A"), str(root / "B")]) == 0
     out = capsys.readouterr().out
     assert "matched phases" in out and "only in A" in out
-    assert "detour S" in out and "convergence:" in out and "log-rank p" in out
+    assert "detour S" in out and "convergence:" in out and "Gehan-Wilcoxon p" in out
     assert "transitions in some experiments but not others" in out
 
     write_synthetic_experiment(tmp_path, "unfitted", n_runs=2, n_checkpoints=20, seed=1)
@@ -286,6 +328,7 @@ def test_builders_colour_matched_phases_alike(experiments):
     rows = compare_figures.match_rows(data)
     assert [r["label"] for r in rows] == [g["label"] for g in c.groups]
     assert sum(r["status"] == "only in A" for r in rows) == c.quality["unmatched_states"]
+    assert {r["match"] for r in rows} <= {"same", "similar", "only in A", "only in B"}
     assert all(r["distance"].endswith("pooled sd") for r in rows if r["status"] == "matched")
     summary = compare_figures.experiment_rows(data)
     assert [r["experiment"] for r in summary] == ["A", "B"]
@@ -313,7 +356,7 @@ def test_convergence_figure_marks_never_converged_runs(experiments):
     assert len(by_name["B: converged"].x) == len(side["runs"]) - 3
     assert "A: never converged (at last epoch)" not in by_name  # A's runs all converged
     assert list(fig.layout.yaxis.ticktext) == ["A", "B"]
-    assert "B vs A" in fig.layout.title.text and "log-rank" in fig.layout.title.text
+    assert "B vs A" in fig.layout.title.text and "Gehan-Wilcoxon p" in fig.layout.title.text
     data["convergence"][0].update(verdict="not_enough_runs")
     assert "not enough runs to tell" in compare_figures.convergence_title(data)
 

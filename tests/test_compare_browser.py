@@ -109,7 +109,7 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
     title = dash_duo.driver.execute_script(
         "return document.querySelector('#compare-convergence .js-plotly-plot').layout.title.text;"
     )
-    assert "B vs A" in title and "log-rank" in title
+    assert "B vs A" in title and "Gehan-Wilcoxon p" in title
     assert test["message"] in dash_duo.find_element("#compare-convergence-text").text
 
     # The URL keeps the experiments compared and the other view settings.

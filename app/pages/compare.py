@@ -54,6 +54,7 @@ def _slot(i: int) -> html.Div:
 
 
 MATCH_OPTIONS = [
+    {"label": "auto", "value": "auto"},
     {"label": "levels (one scale over all runs)", "value": "levels"},
     {"label": "shapes (each experiment's own z units)", "value": "shapes"},
 ]
@@ -87,7 +88,7 @@ def layout(experiments=None, match=None, experiment=None, n=None, run=None, metr
                         dcc.RadioItems(
                             id="compare-match",
                             options=MATCH_OPTIONS,
-                            value="shapes" if match == "shapes" else "levels",
+                            value=match if match in ("levels", "shapes") else "auto",
                             inline=True,
                             inputStyle={"marginRight": "4px"},
                             labelStyle={"marginRight": "12px"},
@@ -144,7 +145,11 @@ def layout(experiments=None, match=None, experiment=None, n=None, run=None, metr
 def _match_table(comparison: dict) -> list:
     names = [e["name"] for e in comparison["experiments"]]
     head = html.Thead(
-        html.Tr([html.Th("phase")] + [html.Th(n) for n in names] + [html.Th("distance")])
+        html.Tr(
+            [html.Th("phase")]
+            + [html.Th(n) for n in names]
+            + [html.Th("match"), html.Th("distance")]
+        )
     )
     body = []
     for row in compare_figures.match_rows(comparison):
@@ -155,7 +160,7 @@ def _match_table(comparison: dict) -> list:
             html.Tr(
                 [html.Td([swatch, row["label"]])]
                 + [html.Td(row["states"][n]) for n in names]
-                + [html.Td(row["distance"])],
+                + [html.Td(row["match"]), html.Td(row["distance"])],
                 className=None if row["status"] == "matched" else "muted",
             )
         )
@@ -215,7 +220,7 @@ def show(experiments, match_on):
     unfitted = [e for e, fp in zip(chosen, fps) if data.fit_overview(root, e, fp) is None]
     view = None
     if len(chosen) >= 2 and not unfitted:
-        match_on = "shapes" if match_on == "shapes" else "levels"
+        match_on = match_on if match_on in ("levels", "shapes") else "auto"
         view = data.compare_view(root, tuple(chosen), fps, match_on)
     comparison = (view or {}).get("comparison")
     elements = list((view or {}).get("elements") or [])
@@ -268,7 +273,7 @@ def sync_query(experiments, match_on, incoming, current):
         incoming,
         current,
         experiments=",".join(chosen) or None,
-        match="shapes" if match_on == "shapes" else None,  # levels is the default
+        match=match_on if match_on in ("levels", "shapes") else None,  # auto is the default
     )
 
 

@@ -140,7 +140,8 @@ class Comparison:
     of the fit's bootstrap, {} if none), ``n_resamples``, ``runs``,
     ``n_converged``, ``n_censored``, ``convergence`` (run -> epoch or None),
     ``last_epoch`` (run -> last epoch), ``km_median``, ``threshold``,
-    ``dissimilarity``, ``states`` (one dict per state: ``state``, ``group``,
+    ``dissimilarity``, ``detours_tested``, ``detours_untold`` (states some runs
+    skip, with too few runs on a side to test), ``states`` (one dict per state: ``state``, ``group``,
     ``label``, ``occupancy``, ``mean_epoch``, ``visited_runs``, ``is_detour``,
     ``detour``), ``edges`` (``source``, ``target``, ``source_group``,
     ``target_group``, ``n_runs``, ``prob``) and ``missing_features``.
@@ -596,6 +597,9 @@ def _experiment_summary(f: LoadedFit, group_of: dict[int, int], labels, missing)
         "km_median": km_median(times, events),
         "threshold": f.fit.params.get("threshold"),
         "dissimilarity": float(tmap.dissimilarity),
+        # States put to the detour test, and states some runs skip but too few to test.
+        "detours_tested": sum(s["detour"].get("p_adjusted") is not None for s in states),
+        "detours_untold": sum(s["detour"].get("verdict") == "not_enough_runs" for s in states),
         "states": states,
         "edges": edges,
         "missing_features": list(missing),

@@ -37,6 +37,17 @@ def _epochs(value) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def detour_count_words(side: dict) -> str:
+    """ "none" with what was tested, for an experiment without detour states."""
+    tested, untold = side.get("detours_tested", 0), side.get("detours_untold", 0)
+    parts = []
+    if tested:
+        parts.append(f"{tested} state{'s' * (tested != 1)} tested")
+    if untold:
+        parts.append(f"{untold} with too few runs to tell")
+    return f"none ({'; '.join(parts)})" if parts else "none (every run visits every state)"
+
+
 def _n_text(e: dict) -> str:
     text = f"{e['n_states']} states"
     if e["n_states"] != e["selected_n"]:
@@ -89,14 +100,9 @@ def format_comparison(c) -> str:
             f"epoch {_epochs(e['km_median'])}"
         )
         lines.append(f"    trajectory dissimilarity (mean pairwise TV): {e['dissimilarity']:.3f}")
-        tested = [s for s in e["states"] if s["detour"].get("verdict") not in (None, "all_runs")]
-        tested = [s for s in tested if s["detour"].get("verdict") != "no_runs"]
         detours = [s for s in e["states"] if s["is_detour"]]
         if not detours:
-            lines.append(
-                "    detour states: none"
-                + (f" ({len(tested)} tested)" if tested else " (no state some runs skip)")
-            )
+            lines.append(f"    detour states: {detour_count_words(e)}")
         for s in detours:
             d = s["detour"]
             lo, hi = d.get("delay_ci") or (None, None)
@@ -106,8 +112,8 @@ def format_comparison(c) -> str:
                 f"{_epochs(hi)}), Holm-adjusted {d.get('test')} p = {d.get('p_adjusted'):.2g}; "
                 f"{d.get('n_visiting')} runs visit it, {d.get('n_other')} do not"
             )
-        for s in tested:
-            if not s["is_detour"] and s["detour"].get("verdict") == "not_enough_runs":
+        for s in e["states"]:
+            if s["detour"].get("verdict") == "not_enough_runs":
                 lines.append(f"    S{s['state']} = {s['label']}: {s['detour']['message']}")
         if e["missing_features"]:
             lines.append(f"    features not used for matching: {', '.join(e['missing_features'])}")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from analysis.compare_cli import detour_count_words
 from app import evidence
 from app.figures import map_stylesheet, state_color
 
@@ -129,10 +130,7 @@ def _n_words(side: Mapping) -> str:
 def _detour_words(side: Mapping) -> str:
     detours = [s for s in side["states"] if s["is_detour"]]
     if not detours:
-        tested = [
-            s for s in side["states"] if (s.get("detour") or {}).get("p_adjusted") is not None
-        ]
-        return f"none ({len(tested)} tested)" if tested else "none (no state some runs skip)"
+        return detour_count_words(side)
     parts = []
     for s in detours:
         d = s["detour"]

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         a, true_a = fitted("A", truth_a, range(args.runs), args.max_states, args.restarts)
         b, true_b = fitted("B", truth_b, range(args.runs, 2 * args.runs), args.max_states,
                            args.restarts)  # fmt: skip
-        c = compare_fits([a, b])
+        c = compare_fits([a, b], match_on="levels")
         profiles, _ = common_profiles([a, b], c.features)
         pairs = []
         for g in c.groups:
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                 ok = true_a[g["states"]["A"]] == true_b[g["states"]["B"]]
                 wrong += not ok
                 same.append(g["distance"])
-                pairs.append(f"{g['distance']:.2f}{'*' if ok else ''}")
+                grade = "" if g["grade"] == "same" else f" ({g['grade']})"
+                pairs.append(f"{g['distance']:.2f}{'*' if ok else ''}{grade}")
         within = [distance_matrix(p, p)[np.triu_indices(len(p), 1)] for p in profiles if len(p) > 1]
         closest = float(np.concatenate(within).min())
         distinct.append(closest)

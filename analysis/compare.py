@@ -754,11 +754,11 @@ def _compare(fits: Sequence[LoadedFit], threshold: float, match_on: str) -> Comp
     unit = "pooled sd" if scale == SCALE_POOLED else "z"
     grades = []
     if same:
-        grades.append(f"{same} the same (within {threshold:g} {unit})")
+        grades.append(f"{same} phase{'s' * (same != 1)} the same (within {threshold:g} {unit})")
     if similar:
         grades.append(
-            f"{similar} only similar (farther apart, but closer to each other than to the "
-            "other states of their own experiment)"
+            f"{similar} phase{'s' * (similar != 1)} similar (each state closer to its partner "
+            "than to the other states of its own experiment)"
         )
     distances = (
         f"mean distance {np.mean(pair_distances):.2f} {unit}, largest {np.max(pair_distances):.2f}"
@@ -775,7 +775,7 @@ def _compare(fits: Sequence[LoadedFit], threshold: float, match_on: str) -> Comp
         "unit": unit,
         "message": (
             f"{total - unmatched} of {total} states matched across experiments"
-            + (f" ({'; '.join(grades)})" if grades else "")
+            + (f": {'; '.join(grades)}" if grades else "")
             + f"; {distances}; on {len(features)} shared feature{'s' * (len(features) != 1)}"
         ),
     }

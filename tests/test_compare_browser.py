@@ -27,10 +27,11 @@ def compare_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
     write_synthetic_experiment(root, "A", n_runs=12, n_checkpoints=120, seed=SEED)
     write_without_detour(root, "B", 12, 120)
+    write_without_detour(root, "C", 8, 100, biases=False)
     write_synthetic_experiment(root, "unfitted", n_runs=2, n_checkpoints=20, seed=SEED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in ("A", "B"):
+        for name in ("A", "B", "C"):
             analysis.fit_experiment(root, name, **FIT)
     return root, compare_experiments([(root, "A"), (root, "B")])
 
@@ -123,6 +124,30 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
     dash_duo.driver.refresh()
     dash_duo.wait_for_contains_text("#compare-quality-text", " z, largest", timeout=10)
     assert query(dash_duo)["experiments"] == "A,B" and query(dash_duo)["run"] == "seed-01"
+    assert_no_console_errors(dash_duo)
+
+
+def test_compare_page_three_experiments(dash_duo, compare_root, tmp_path):
+    """A third map appears in its (hidden until now) slot, drawn at full size."""
+    from analysis.compare import compare_experiments
+    from app.main import create_app
+
+    root, _ = compare_root
+    comparison = compare_experiments([(root, "A"), (root, "B"), (root, "C")])
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache"))
+    dash_duo.driver.get(f"{dash_duo.server_url}/compare?experiments=A,B,C")
+    sizes = [e["n_states"] for e in comparison.experiments]
+    wait_for(lambda: [len(cy_nodes(dash_duo, i)) for i in range(3)] == sizes, message="three maps")
+    width, height = dash_duo.driver.execute_script(
+        "const cy = document.getElementById('compare-graph-2')._cyreg.cy;"
+        "return [cy.width(), cy.height()];"
+    )
+    assert width > 200 and height > 200
+    assert not dash_duo.find_element("#compare-slot-3").is_displayed()
+    # C has no bias features: the page says what the matching left out.
+    dash_duo.wait_for_contains_text("#compare-message", "mean_b, median_b, var_b", timeout=5)
+    assert len(dash_duo.find_element("#compare-convergence-text").text.splitlines()) == 2
     assert_no_console_errors(dash_duo)
 
 

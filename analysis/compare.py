@@ -108,8 +108,9 @@ MATCH_THRESHOLD = 0.5
 
 SCALE_POOLED = "pooled_sd"
 SCALE_Z = "z"
-# What a user may ask for: levels on the common scale (default) or shapes.
-# "auto": levels, or shapes when not a single state matches on levels.
+# What states are matched on: levels (the common scale), shapes (each
+# experiment's own z units), or "auto" (the default): levels, or shapes when
+# not a single state matches on levels.
 MATCH_ON = ("auto", "levels", "shapes")
 
 

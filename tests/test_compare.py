@@ -188,6 +188,22 @@ def test_no_shared_feature_and_per_run_scaling(experiments):
         compare_fits([a, b], match_on="colour")
 
 
+def test_bootstrap_of_n_is_carried_when_the_fit_has_one(experiments):
+    from analysis.compare_cli import format_comparison
+    from app import compare_figures
+
+    root, _ = experiments
+    a, b = load_for_compare(root, "A"), load_for_compare(root, "B")
+    # FitResult.bootstrap (analysis.bootstrap) holds the selected n per resample of runs.
+    a.fit.bootstrap = {"selected_n_counts": {"3": 30, str(a.n): 70}, "n_resamples": 100}
+    c = compare_fits([a, b])
+    assert c.experiments[0]["n_bootstrap"] == {3: 30, a.n: 70}
+    assert c.experiments[0]["n_resamples"] == 100 and c.experiments[1]["n_bootstrap"] == {}
+    assert f"n={a.n}: 70" in format_comparison(c)
+    words = compare_figures.experiment_rows(c.to_dict())[0]["states"]
+    assert "100 resamples" in words and "this n in 70%" in words
+
+
 def test_missing_fit_gives_the_command(experiments, tmp_path):
     root, _ = experiments
     write_synthetic_experiment(tmp_path, "unfitted", n_runs=3, n_checkpoints=30, seed=1)

@@ -48,9 +48,11 @@ def matched_elements(elements: Sequence[Mapping], comparison: Mapping, index: in
     """Map elements (``figures.map_elements``) of experiment ``index``, in matched phases.
 
     Nodes take their group's colour and label (their own state number stays in
-    ``state_label``) and the class ``unmatched`` when no other experiment has
-    them; edges take their source group's colour, as on the Training map.
+    ``state_label``), a sentence on the match (``match_text``) and the class
+    ``unmatched`` when no other experiment has them; edges take their source
+    group's colour, as on the Training map.
     """
+    unit = comparison["quality"]["unit"]
     side = comparison["experiments"][index]
     name = side["name"]
     states = {s["state"]: s for s in side["states"]}
@@ -76,11 +78,25 @@ def matched_elements(elements: Sequence[Mapping], comparison: Mapping, index: in
                 state_label=f"S{state['state']}",
                 group=state["group"],
                 matched=bool(group["matched"]),
+                match_text=match_words(group, name, unit),
             )
             if not group["matched"]:
                 classes.append("unmatched")
         out.append({**element, "data": data, "classes": " ".join(classes)})
     return out
+
+
+def match_words(group: Mapping, experiment: str, unit: str) -> str:
+    """How a state of ``experiment`` matches the other experiments, in one sentence."""
+    others = [
+        f"{name} S{state}"
+        for name, state in group["states"].items()
+        if state is not None and name != experiment
+    ]
+    if not others:
+        return f"No counterpart: {_distance_text(group, unit)}."
+    how = "The same phase as" if group["grade"] == "same" else "Similar to"
+    return f"{how} {', '.join(others)} ({group['distance']:.2f} {unit} apart)."
 
 
 def _distance_text(group: Mapping, unit: str) -> str:

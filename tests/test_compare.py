@@ -331,10 +331,12 @@ def test_builders_colour_matched_phases_alike(experiments):
             assert node["data"]["state_label"] == f"S{node['data']['state']}"
             if group["matched"]:
                 assert node["data"]["label"] == group["label"]
+                assert node["data"]["match_text"].startswith("The same phase as")
                 colour_of.setdefault(group["label"], set()).add(node["data"]["color"])
             else:
                 assert node["data"]["label"] == f"{group['label']} (only {side['name']})"
                 assert "unmatched" in node["classes"].split()
+                assert node["data"]["match_text"].startswith("No counterpart")
         for edge in edges:  # an edge takes its source phase's colour, as on the map page
             source = c.group_of(side["name"], int(edge["data"]["source"][1:]))
             assert edge["data"]["color"] == figures.state_color(source["group"])

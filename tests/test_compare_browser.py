@@ -87,7 +87,8 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
         f"s{alone_state}",
     )
     dash_duo.wait_for_contains_text("#compare-hover-0", f"= S{alone_state}", timeout=5)
-    assert "occupancy" in dash_duo.find_element("#compare-hover-0").text
+    hover = dash_duo.find_element("#compare-hover-0").text
+    assert "occupancy" in hover and ("No counterpart" if alone else "B S") in hover
 
     # The quality table, the per-experiment table and the transitions.
     dash_duo.wait_for_contains_text("#compare-quality", matched[0]["label"], timeout=10)
@@ -139,11 +140,13 @@ def test_compare_page_three_experiments(dash_duo, compare_root, tmp_path):
     dash_duo.driver.get(f"{dash_duo.server_url}/compare?experiments=A,B,C")
     sizes = [e["n_states"] for e in comparison.experiments]
     wait_for(lambda: [len(cy_nodes(dash_duo, i)) for i in range(3)] == sizes, message="three maps")
-    width, height = dash_duo.driver.execute_script(
+    size = (
         "const cy = document.getElementById('compare-graph-2')._cyreg.cy;"
         "return [cy.width(), cy.height()];"
     )
-    assert width > 200 and height > 200
+    wait_for(
+        lambda: min(dash_duo.driver.execute_script(size)) > 200, message="the third map resized"
+    )
     assert not dash_duo.find_element("#compare-slot-3").is_displayed()
     # C has no bias features: the page says what the matching left out.
     dash_duo.wait_for_contains_text("#compare-message", "mean_b, median_b, var_b", timeout=5)

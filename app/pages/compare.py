@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dash
 import dash_cytoscape as cyto
-from dash import Input, Output, State, callback, dcc, html
+from dash import Input, Output, State, callback, clientside_callback, dcc, html
 
 from app import compare_figures, components, data
 
@@ -47,6 +47,7 @@ def _slot(i: int) -> html.Div:
                 id=f"compare-hover-{i}",
                 className="hover-box",
             ),
+            dcc.Store(id=f"compare-resized-{i}"),
         ],
         id=f"compare-slot-{i}",
         style=SHOWN if i < 2 else HIDDEN,
@@ -299,6 +300,7 @@ def hover_text(node: dict | None, edge: dict | None, triggered: str | None):
                 f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
                 f"visited by {node['visited_runs']} runs"
             ),
+            html.P(node.get("match_text", "")),
             html.P(node.get("detour_text", "")),
         ]
     return html.P("Hover a state or a transition.", className="muted")
@@ -320,3 +322,28 @@ def _hover_callback(i: int) -> None:
 
 for _i in range(MAX_MAPS):
     _hover_callback(_i)
+
+
+# A map whose slot was hidden (display: none) was laid out at zero size;
+# Cytoscape does not notice when the slot appears, so tell it, then refit.
+_RESIZE_JS = """
+function(elements, style) {
+    const id = dash_clientside.callback_context.outputs_list.id.replace("resized", "graph");
+    setTimeout(() => {
+        const el = document.getElementById(id);
+        if (el && el._cyreg && el._cyreg.cy) {
+            el._cyreg.cy.resize();
+            el._cyreg.cy.fit(undefined, 30);
+        }
+    }, 50);
+    return Date.now();
+}
+"""
+
+for _i in range(MAX_MAPS):
+    clientside_callback(
+        _RESIZE_JS,
+        Output(f"compare-resized-{_i}", "data"),
+        Input(f"compare-graph-{_i}", "elements"),
+        Input(f"compare-slot-{_i}", "style"),
+    )

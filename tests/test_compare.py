@@ -212,6 +212,10 @@ def test_missing_fit_gives_the_command(experiments, tmp_path):
     assert f"trainmap fit {tmp_path / 'unfitted'}" in str(error.value)
     with pytest.raises(CompareError, match="at least two"):
         compare_experiments([(root, "A")])
+    with pytest.raises(CompareError, match="listed twice"):
+        compare_experiments([(root, "A"), (root, "A")])
+    with pytest.raises(CompareError, match="2 values of n for 3"):
+        compare_experiments([(root, "A"), (root, "B"), (root, "nobias")], n_states=[3, 3])
     with pytest.raises(CompareError, match="feasible"):
         compare_experiments([(root, "A"), (root, "B")], n_states=[9, None])
 

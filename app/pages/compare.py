@@ -184,7 +184,7 @@ def _summary_table(comparison: dict) -> list:
     ]
 
 
-def _message(root: str, chosen: list[str], view: dict | None):
+def _message(chosen: list[str], view: dict | None):
     items = []
     if len(chosen) < 2:
         items.append(html.P("Choose two or more experiments to compare."))
@@ -195,6 +195,13 @@ def _message(root: str, chosen: list[str], view: dict | None):
     if view and view.get("comparison"):
         items += [html.P(w, className="muted") for w in view["comparison"]["warnings"]]
     return html.Div(items, className="notice") if items else None
+
+
+def _title(comparison: dict | None, shown: list[str], i: int) -> str:
+    if comparison and i < len(comparison["experiments"]):
+        side = comparison["experiments"][i]
+        return f"{side['name']}: {side['n_states']} states, {len(side['runs'])} runs"
+    return shown[i] if i < len(shown) else ""
 
 
 @callback(
@@ -228,14 +235,8 @@ def show(experiments, match_on):
     shown = chosen[:MAX_MAPS]
     graphs = [elements[i] if i < len(elements) else [] for i in range(MAX_MAPS)]
     styles = [SHOWN if i < max(len(shown), 2) else HIDDEN for i in range(MAX_MAPS)]
-    titles = []
-    for i in range(MAX_MAPS):
-        if comparison and i < len(comparison["experiments"]):
-            side = comparison["experiments"][i]
-            titles.append(f"{side['name']}: {side['n_states']} states, {len(side['runs'])} runs")
-        else:
-            titles.append(shown[i] if i < len(shown) else "")
-    message = _message(root, chosen, view)
+    titles = [_title(comparison, shown, i) for i in range(MAX_MAPS)]
+    message = _message(chosen, view)
     if unfitted:
         message = html.Div([components.fit_missing(root, e) for e in unfitted])
     if not comparison:

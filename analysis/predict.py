@@ -1,0 +1,515 @@
+"""Predict when a run that is still training will converge, from an experiment's saved fit.
+
+For a run still being written (or any prefix of a finished run) this module
+computes, with the experiment's saved HMM (never fitting one implicitly):
+
+* the forward-filtered state probabilities ``p(s_t = h | z_1..t)`` at every
+  checkpoint so far (:func:`analysis.explain.filtered_posterior`): they use
+  only the rows written so far, so they are what an observer of a live run can
+  know, unlike the Viterbi paths of the map, which look at the whole run;
+* the current state: the most probable one at the last checkpoint;
+* a predicted convergence epoch with an 80% prediction interval.
+
+How the epoch is predicted (and why). The question is "given where this run
+is now, when do runs like it converge?", so the answer is read off the runs
+of the experiment that were once where this run is now:
+
+1. *Reference runs* are the fit's other runs, with their decoded paths,
+   epochs and convergence epochs as saved in the map. A run that had not
+   converged when the fit was made is *censored* at its last epoch (we only
+   know that it converges later, if ever), exactly as the detour test in
+   :mod:`analysis.evidence` treats it; dropping such runs would hide the slow
+   ones, and treating their last epoch as convergence would make them look fast.
+2. Only runs *at risk* count: runs that had not converged by the current epoch
+   ``e`` and were still observed after it. A run that converged before ``e``
+   says nothing about a run that has not.
+3. Among those, the runs that match this run best: at epoch ``e`` in the same
+   state, having visited the same set of states so far (level ``"path"``);
+   if fewer than :data:`MIN_REFERENCE` runs match, the same state at ``e``
+   (``"state"``); if still too few, every run at risk (``"all"``), and the
+   result says so. The set of visited states is what separates branches of a
+   forked map: two runs in the same late state, one of which took a detour,
+   are at different points of their training.
+4. The prediction is the Kaplan-Meier median of the matched runs' convergence
+   epochs (censored runs kept), and the interval the KM 10% and 90% quantiles:
+   a *prediction* interval for this one run's epoch, which is what a user
+   asks, not a confidence interval for the median (that one shrinks with more
+   runs while a single run's spread does not). Where more than half (or 10%)
+   of the matched runs are censored before the median (or the 90% quantile),
+   that end is unknown: the median is reported as "later than" the last epoch
+   seen, the upper bound as open.
+
+Scaling. A pooled fit (the default) z-scores with one centre and scale over
+all rows of the fitted runs; they are saved with the fit and applied to the
+new rows unchanged, so a prefix is scaled exactly as the whole run was. A
+per-run fit z-scores each run with its own mean and sd, which for a run still
+training are not known yet: the prefix is z-scored on itself, so its values
+shift as the run grows (a run early in training is all "early" rows, and its
+z-scores spread them over every state). Predictions from per-run fits carry a
+note saying so; validate them (:mod:`analysis.predict_study`) before trusting.
+
+Whether the prediction is better than naive guesses is measured, not assumed:
+:func:`analysis.predict_study.validate` holds out each finished run in turn,
+truncates it, predicts, and compares with the median of the other runs and with
+extrapolating the eval accuracy curve. The verdict is computed on demand (it
+reads the experiment's runs once; the dashboard memoizes it per fit) and
+shown with every prediction; when prediction does not beat the baselines the
+CLI and the dashboard show the interval only, with a plain note.
+
+This module must not import torch (tested).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.explain import filtered_posterior
+from analysis.maps import convergence_epoch
+from analysis.model import make_model
+from analysis.prepare import zscore
+
+# Fewer matched runs than this and the prediction falls back to a coarser
+# match: a KM median and 10-90% quantiles of 4 runs are two of their values.
+MIN_REFERENCE = 4
+# Quantiles of the prediction interval: 80%, so the validation can show with a
+# few dozen held-out cases whether the coverage is right.
+INTERVAL = (0.1, 0.9)
+LEVELS = ("path", "state", "all")
+LEVEL_WORDS = {
+    "path": "in the same state with the same states visited so far",
+    "state": "in the same state",
+    "all": "of any state (too few runs in the same state)",
+}
+
+
+class PredictError(ValueError):
+    """A prediction cannot be made; the message says why and what to do."""
+
+
+@dataclass
+class Reference:
+    """What a prediction needs from a saved fit: the model, scaling and reference runs."""
+
+    experiment: str
+    fit_key: str
+    created_at: str
+    stale: bool  # runs changed since the fit (e.g. still training)
+    n: int
+    cov: str
+    normalize: str
+    feature_names: list[str]
+    center: np.ndarray | None  # (1, F) for pooled fits, None for per-run
+    scale: np.ndarray | None
+    threshold: float
+    arrays: dict  # startprob, transmat, means, covars (canonical state order)
+    runs: list[str]
+    epochs: dict[str, np.ndarray]
+    paths: dict[str, np.ndarray]
+    convergence: dict[str, int | None]
+    first_n: int | None = None
+
+    def model(self):
+        return make_model(self.arrays, self.cov)
+
+    def times(self, run: str) -> tuple[float, bool]:
+        """(convergence epoch, True) or (last epoch seen, False) if censored."""
+        conv = self.convergence.get(run)
+        return (float(conv), True) if conv is not None else (float(self.epochs[run][-1]), False)
+
+
+@dataclass
+class Prediction:
+    """A run's state so far and when it is predicted to converge (see the module docstring)."""
+
+    experiment: str
+    run: str
+    fit_key: str
+    n: int
+    epochs: list[int]  # the checkpoints used
+    filtered: np.ndarray  # (T, n): p(state | rows so far) at every checkpoint
+    path: list[int]  # Viterbi path of the rows so far
+    state: int  # most probable state now
+    state_prob: float
+    epoch: int  # epoch of the last checkpoint
+    converged_at: int | None  # the run already reached the threshold here
+    median: float | None = None  # KM median of the matched runs (None: not reached)
+    low: float | None = None  # 10% quantile
+    high: float | None = None  # 90% quantile (None: not reached, open)
+    floor: float | None = None  # last epoch seen among the matched runs
+    n_reference: int = 0
+    n_converged_reference: int = 0
+    basis: str | None = None  # "path", "state" or "all"
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Plain values for JSON, the dashboard's cache and tests."""
+        return {
+            "experiment": self.experiment,
+            "run": self.run,
+            "fit_key": self.fit_key,
+            "n": self.n,
+            "epoch": self.epoch,
+            "checkpoints": len(self.epochs),
+            "state": self.state,
+            "state_prob": self.state_prob,
+            "converged_at": self.converged_at,
+            "median": self.median,
+            "low": self.low,
+            "high": self.high,
+            "floor": self.floor,
+            "n_reference": self.n_reference,
+            "n_converged_reference": self.n_converged_reference,
+            "basis": self.basis,
+            "notes": list(self.notes),
+            "text": self.text(),
+        }
+
+    def text(self) -> str:
+        """The prediction in one sentence (no verdict: see :func:`verdict_words`)."""
+        if self.converged_at is not None:
+            return f"already converged at epoch {self.converged_at}"
+        if self.basis is None:
+            return f"no prediction: {self.notes[-1] if self.notes else 'no reference runs'}"
+        runs = f"{self.n_reference} run{'s' * (self.n_reference != 1)}"
+        where = f"from {runs} {LEVEL_WORDS[self.basis]}, not converged by epoch {self.epoch}"
+        if self.median is None:
+            return f"later than epoch {_num(self.floor)} (most of the {where} never converged)"
+        return f"~{_num(self.median)}, 80% interval {_num(self.low)}–{_open(self.high)} ({where})"
+
+
+def _num(value) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
+def _open(value) -> str:
+    return "open" if value is None else f"{value:.0f}"
+
+
+# ------------------------------------------------------------------ survival
+
+
+def km_quantiles(times, events, quantiles: Sequence[float]) -> list[float | None]:
+    """Kaplan-Meier quantiles of the event time: the first time the estimated
+    share not yet converged drops to ``1 - q`` or below; None where it never does
+    (too many runs censored first). Same conventions as
+    :func:`analysis.evidence.km_median` (``q = 0.5`` gives the same value).
+    """
+    times = np.asarray(times, dtype=float)
+    events = np.asarray(events, dtype=bool)
+    if len(times) == 0:
+        return [None for _ in quantiles]
+    grid = np.unique(times)
+    at_risk = (times[None, :] >= grid[:, None]).sum(axis=1)
+    d = (events[None, :] & (times[None, :] == grid[:, None])).sum(axis=1)
+    survival = np.cumprod(1.0 - d / at_risk)
+    out = []
+    for q in quantiles:
+        reached = np.flatnonzero(survival <= 1.0 - q + 1e-12)
+        out.append(float(grid[reached[0]]) if len(reached) else None)
+    return out
+
+
+def survival_prediction(times, events) -> dict:
+    """Median, 10% and 90% KM quantiles and the last epoch seen, of reference runs."""
+    low, median, high = km_quantiles(times, events, (INTERVAL[0], 0.5, INTERVAL[1]))
+    times = np.asarray(times, dtype=float)
+    return {
+        "median": median,
+        "low": low,
+        "high": high,
+        "floor": float(times.max()) if len(times) else None,
+        "n": int(len(times)),
+        "n_converged": int(np.sum(events)),
+    }
+
+
+# ------------------------------------------------------------------ the fit
+
+
+def _choose_saved(root, experiment) -> dict:
+    from analysis import api
+
+    saved = api.list_fits(root, experiment)
+    if not saved:
+        raise PredictError(
+            f"experiment {experiment} has no saved fit; fit it first: "
+            f"trainmap fit {os.path.join(str(root), experiment)}"
+        )
+    # A current fit if there is one; otherwise (runs still training change the
+    # experiment's fingerprint with every row) the newest.
+    current = [fit for fit in saved if fit["current"]]
+    return (current or saved)[0]
+
+
+def load_reference(root, experiment, *, n: int | None = None, key: str | None = None) -> Reference:
+    """The saved fit a prediction uses (a current one first, else the newest).
+
+    Raises :class:`PredictError` with the ``trainmap fit`` command when the
+    experiment has no saved fit. ``key`` picks a saved fit by its key.
+    """
+    from analysis import store
+
+    if key is None:
+        chosen = _choose_saved(root, experiment)
+        key, stale, created = chosen["key"], not chosen["current"], chosen["created_at"]
+    else:
+        stale, created = False, ""
+    loaded = store.read_fit(store.fits_dir(root, experiment) / key)
+    if loaded is None:
+        raise PredictError(
+            f"the saved fit {key} of {experiment} is unreadable or from an older trainmap; "
+            f"refit: trainmap fit {os.path.join(str(root), experiment)} --refit"
+        )
+    payload, models = loaded
+    result = store.result_from_payload(payload)
+    n = result.selected_n if n is None else int(n)
+    if n not in result.maps or n not in models:
+        raise PredictError(f"the saved fit has no map with n={n}; feasible: {sorted(result.maps)}")
+    tmap = result.maps[n]
+    params = result.params
+    scaling = payload.get("scaling") or {}
+    normalize = scaling.get("normalize", params.get("normalize", "pooled"))
+    center = scale = None
+    if normalize == "pooled":
+        center = np.asarray(models[0]["center"], dtype=float).reshape(1, -1)
+        scale = np.asarray(models[0]["scale"], dtype=float).reshape(1, -1)
+    return Reference(
+        experiment=experiment,
+        fit_key=key,
+        created_at=created or payload.get("created_at", ""),
+        stale=stale,
+        n=n,
+        cov=params.get("cov", "diag"),
+        normalize=normalize,
+        feature_names=list(result.feature_names),
+        center=center,
+        scale=scale,
+        threshold=float(params.get("threshold", 0.9)),
+        arrays={k: np.asarray(v, dtype=float) for k, v in models[n].items()},
+        runs=list(tmap.paths),
+        epochs={r: np.asarray(e, dtype=np.int64) for r, e in tmap.epochs.items()},
+        paths={r: np.asarray(p, dtype=int) for r, p in tmap.paths.items()},
+        convergence=dict(tmap.convergence_epoch),
+        first_n=params.get("first_n"),
+    )
+
+
+# ------------------------------------------------------------------ prediction
+
+
+def run_rows(reference: Reference, frame: pd.DataFrame, run: str = "run"):
+    """(scaled rows, epochs, accuracy, notes) of a metrics table under the fit.
+
+    Raises PredictError for a run without checkpoints or lacking a fitted feature.
+    Rows after the first non-finite value are dropped (a diverged run), as the
+    fit did.
+    """
+    if frame is None or len(frame) == 0:
+        raise PredictError(
+            f"run {run} has no checkpoint yet: a prediction needs at least one written row"
+        )
+    missing = [
+        f for f in reference.feature_names if f not in frame.columns or frame[f].isna().all()
+    ]
+    if missing:
+        raise PredictError(
+            f"run {run} lacks feature{'s' * (len(missing) != 1)} {', '.join(missing)} that the "
+            f"fit of {reference.experiment} models; it cannot be placed on this map"
+        )
+    notes = []
+    frame = frame.sort_values("step", kind="stable")
+    if reference.first_n is not None and len(frame) > reference.first_n:
+        frame = frame.iloc[: reference.first_n]
+        notes.append(f"the fit used the first {reference.first_n} checkpoints; so does this")
+    raw = frame[reference.feature_names].to_numpy(dtype=float)
+    finite = np.isfinite(raw).all(axis=1)
+    if not finite.all():
+        stop = int(np.argmin(finite))
+        if stop == 0:
+            raise PredictError(f"run {run}: its first checkpoint has non-finite features")
+        notes.append(f"non-finite features from epoch {int(frame['epoch'].iloc[stop])}: cut there")
+        frame, raw = frame.iloc[:stop], raw[:stop]
+    if reference.normalize == "pooled":
+        X = (raw - reference.center) / reference.scale
+    else:
+        X = zscore(raw)[0]
+        notes.append(
+            "per-run fit: the rows so far are z-scored on themselves, which shifts them as the "
+            "run grows; prefer a pooled fit for prediction"
+        )
+    acc = frame["eval_acc"].to_numpy(dtype=float) if "eval_acc" in frame else None
+    if acc is None:
+        notes.append("no eval_acc column: cannot tell whether the run has converged")
+    return X, frame["epoch"].to_numpy(dtype=np.int64), acc, notes
+
+
+def reference_state(reference: Reference, run: str, epoch: float) -> tuple[int, frozenset]:
+    """A reference run's decoded state at ``epoch`` and the states it visited up to then."""
+    epochs, path = reference.epochs[run], reference.paths[run]
+    idx = max(int(np.searchsorted(epochs, epoch, side="right")) - 1, 0)
+    return int(path[idx]), frozenset(path[: idx + 1].tolist())
+
+
+def match_reference(
+    reference: Reference,
+    epoch: float,
+    state: int,
+    visited: frozenset,
+    exclude: Sequence[str] = (),
+    min_reference: int = MIN_REFERENCE,
+) -> tuple[str | None, list[str], list[str]]:
+    """(level, matched runs, runs at risk) for a run in ``state`` at ``epoch``.
+
+    At risk: not converged by ``epoch`` and observed after it. The level is the
+    finest of :data:`LEVELS` with at least ``min_reference`` runs; None when
+    even all runs at risk are fewer.
+    """
+    at_risk = [r for r in reference.runs if r not in exclude and reference.times(r)[0] > epoch]
+    info = {r: reference_state(reference, r, epoch) for r in at_risk}
+    groups = {
+        "path": [r for r in at_risk if info[r] == (state, visited)],
+        "state": [r for r in at_risk if info[r][0] == state],
+        "all": at_risk,
+    }
+    for level in LEVELS:
+        if len(groups[level]) >= min_reference:
+            return level, groups[level], at_risk
+    return None, [], at_risk
+
+
+def predict_rows(
+    reference: Reference,
+    X: np.ndarray,
+    epochs: np.ndarray,
+    accuracy: np.ndarray | None,
+    *,
+    run: str = "run",
+    exclude: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    min_reference: int = MIN_REFERENCE,
+) -> Prediction:
+    """Predict from already scaled rows (see :func:`run_rows`); ``exclude`` the run itself."""
+    model = reference.model()
+    filtered = filtered_posterior(model, X)
+    path = model.decode(X, algorithm="viterbi")[1]
+    state = int(np.argmax(filtered[-1]))
+    epoch = int(epochs[-1])
+    prediction = Prediction(
+        experiment=reference.experiment,
+        run=run,
+        fit_key=reference.fit_key,
+        n=reference.n,
+        epochs=[int(e) for e in epochs],
+        filtered=filtered,
+        path=[int(s) for s in path],
+        state=state,
+        state_prob=float(filtered[-1, state]),
+        epoch=epoch,
+        converged_at=convergence_epoch(epochs, accuracy, reference.threshold),
+        notes=list(notes),
+    )
+    if reference.stale:
+        prediction.notes.append(
+            f"the fit ({reference.created_at}) predates the latest rows of some runs; runs not "
+            "converged then count as censored there"
+        )
+    if prediction.converged_at is not None:
+        return prediction
+    visited = frozenset(prediction.path) | {state}
+    level, matched, at_risk = match_reference(
+        reference, epoch, state, visited, exclude=exclude, min_reference=min_reference
+    )
+    if level is None:
+        prediction.notes.append(
+            f"not enough runs to tell: {len(at_risk)} reference run"
+            f"{'s' * (len(at_risk) != 1)} not converged by epoch {epoch}, need >= {min_reference}"
+        )
+        return prediction
+    if level == "all":
+        prediction.notes.append(
+            f"fewer than {min_reference} runs share this run's state at epoch {epoch}: "
+            "the prediction uses every run not converged by then"
+        )
+    times = np.array([reference.times(r)[0] for r in matched])
+    events = np.array([reference.times(r)[1] for r in matched])
+    survival = survival_prediction(times, events)
+    prediction.median = survival["median"]
+    prediction.low = survival["low"]
+    prediction.high = survival["high"]
+    prediction.floor = survival["floor"]
+    prediction.n_reference = survival["n"]
+    prediction.n_converged_reference = survival["n_converged"]
+    prediction.basis = level
+    return prediction
+
+
+def predict_frame(
+    reference: Reference, frame: pd.DataFrame, run: str = "run", exclude: Sequence[str] = ()
+) -> Prediction:
+    """Predict for a metrics table (any prefix of a run)."""
+    X, epochs, acc, notes = run_rows(reference, frame, run)
+    return predict_rows(reference, X, epochs, acc, run=run, exclude=exclude, notes=notes)
+
+
+def predict_run(
+    root,
+    experiment: str,
+    run: str,
+    *,
+    n: int | None = None,
+    upto: int | None = None,
+    reference: Reference | None = None,
+) -> Prediction:
+    """Predict for ``root/experiment/run`` as written so far (``upto``: its first N rows).
+
+    The run itself never serves as a reference run. Raises :class:`PredictError`
+    (no saved fit, no checkpoint, missing features) or ``trainer.rundir.RunDirError``
+    (no such run, broken files).
+    """
+    from trainer import rundir
+
+    loaded = rundir.load_run(root, experiment, run)  # checks the names and the files first
+    reference = reference or load_reference(root, experiment, n=n)
+    frame = loaded.metrics
+    if upto is not None:
+        frame = frame.sort_values("step", kind="stable").iloc[: int(upto)]
+    return predict_frame(reference, frame, run=run, exclude=[run])
+
+
+# ------------------------------------------------------------------ words
+
+
+def verdict_words(validation: dict | None) -> str:
+    """One line on whether prediction beat the naive baselines for this fit."""
+    if not validation:
+        return "validation: not run"
+    return f"validation: {validation['message']}"
+
+
+def confident(validation: dict | None) -> bool:
+    """Show a point prediction only when the validation says it beats the baselines."""
+    return bool(validation) and validation.get("verdict") == "better"
+
+
+def short_text(summary: dict | None, validation: dict | None) -> str:
+    """A table cell: "~240 (180–320), 9 runs", or the interval only when not validated."""
+    if not summary:
+        return ""
+    if summary.get("error"):
+        return f"no prediction: {summary['error']}"
+    if summary["converged_at"] is not None:
+        return f"converged at {summary['converged_at']}"
+    if summary["basis"] is None:
+        return "not enough runs to tell"
+    runs = f"{summary['n_reference']} runs"
+    if summary["median"] is None:
+        return f"after {_num(summary['floor'])}, {runs}"
+    interval = f"{_num(summary['low'])}–{_open(summary['high'])}"
+    if confident(validation):
+        return f"~{_num(summary['median'])} ({interval}), {runs}"
+    return f"{interval}, {runs} (interval only: not better than baselines)"

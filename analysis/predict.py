@@ -175,11 +175,15 @@ class Prediction:
             return f"already converged at epoch {self.converged_at}"
         if self.basis is None:
             return f"no prediction: {self.notes[-1] if self.notes else 'no reference runs'}"
-        runs = f"{self.n_reference} run{'s' * (self.n_reference != 1)}"
-        where = f"from {runs} {LEVEL_WORDS[self.basis]}, not converged by epoch {self.epoch}"
+        where = self.where()
         if self.median is None:
             return f"later than epoch {_num(self.floor)} (most of the {where} never converged)"
         return f"~{_num(self.median)}, 80% interval {_num(self.low)}–{_open(self.high)} ({where})"
+
+    def where(self) -> str:
+        """Which reference runs the prediction rests on, in words."""
+        runs = f"{self.n_reference} run{'s' * (self.n_reference != 1)}"
+        return f"from {runs} {LEVEL_WORDS[self.basis]}, not converged by epoch {self.epoch}"
 
 
 def _num(value) -> str:

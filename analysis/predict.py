@@ -498,22 +498,3 @@ def verdict_words(validation: dict | None) -> str:
 def confident(validation: dict | None) -> bool:
     """Show a point prediction only when the validation says it beats the baselines."""
     return bool(validation) and validation.get("verdict") == "better"
-
-
-def short_text(summary: dict | None, validation: dict | None) -> str:
-    """A table cell: "~240 (180–320), 9 runs", or the interval only when not validated."""
-    if not summary:
-        return ""
-    if summary.get("error"):
-        return f"no prediction: {summary['error']}"
-    if summary["converged_at"] is not None:
-        return f"converged at {summary['converged_at']}"
-    if summary["basis"] is None:
-        return "not enough runs to tell"
-    runs = f"{summary['n_reference']} runs"
-    if summary["median"] is None:
-        return f"after {_num(summary['floor'])}, {runs}"
-    interval = f"{_num(summary['low'])}–{_open(summary['high'])}"
-    if confident(validation):
-        return f"~{_num(summary['median'])} ({interval}), {runs}"
-    return f"{interval}, {runs} (interval only: not better than baselines)"

@@ -756,7 +756,10 @@ def prediction_words(summary: Mapping | None, validation: Mapping | None) -> str
         return ""
     if summary.get("error"):
         return f"No prediction: {summary['error']}"
-    head = f"Now in S{summary['state']} (p = {summary['state_prob']:.2f}) at epoch {summary['epoch']}. "
+    head = (
+        f"Now in S{summary['state']} of the {summary['n']}-state map "
+        f"(p = {summary['state_prob']:.2f}) at epoch {summary['epoch']}. "
+    )
     verdict = (validation or {}).get("message", "prediction not validated")
     if summary["converged_at"] is not None or summary["basis"] is None:
         return head + f"Convergence: {summary['text']}."

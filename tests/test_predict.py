@@ -217,7 +217,7 @@ def test_cli_bad_input(fitted, tmp_path, capsys):
 # ------------------------------------------------------------------ figures
 
 SUMMARY = {
-    "state": 1, "state_prob": 0.97, "epoch": 40, "converged_at": None, "median": 61.0,
+    "state": 1, "n": 4, "state_prob": 0.97, "epoch": 40, "converged_at": None, "median": 61.0,
     "low": 56.0, "high": 64.0, "floor": 99.0, "n_reference": 9, "basis": "path",
     "text": "~61, 80% interval 56–64 (from 9 runs ...)",
 }  # fmt: skip
@@ -252,4 +252,5 @@ def test_add_prediction_draws_band_and_line_only_when_validated():
     assert not done["layout"].get("shapes")
     assert base["layout"].get("shapes") in (None, [], ())  # the input is not modified
     words = figures.prediction_words(SUMMARY, WORSE)
+    assert words.startswith("Now in S1 of the 4-state map (p = 0.97) at epoch 40.")
     assert "between epochs 56 and 64" in words and "does NOT beat" in words

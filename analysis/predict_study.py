@@ -1,6 +1,7 @@
 """Is convergence prediction better than naive guesses? Leave-one-run-out on finished runs.
 
     python -m analysis.predict_study ROOT/EXPERIMENT [--fractions 0.25,0.5,0.75]
+    python -m analysis.predict_study ROOT/synth --synthetic 40   # write, fit, validate
 
 For every run of the experiment's saved fit that converged (up to
 :data:`MAX_RUNS` of them), in turn: hold it out of the reference runs (the
@@ -262,8 +263,27 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, help="map with this many states (default: the fit's)")
     parser.add_argument("--fractions", default="0.25,0.5,0.75")
     parser.add_argument("--max-runs", type=int, default=MAX_RUNS)
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N_RUNS",
+        help="first write N_RUNS synthetic runs (200 checkpoints, seed 0, default branches) "
+        "to ROOT/EXPERIMENT and fit them with trainmap fit's defaults",
+    )
     args = parser.parse_args(argv)
     target = Path(args.target)
+    if args.synthetic:
+        import warnings
+
+        from analysis.api import fit_experiment
+        from analysis.synthetic import write_synthetic_experiment
+
+        write_synthetic_experiment(
+            target.parent, target.name, n_runs=args.synthetic, n_checkpoints=200, seed=0
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit_experiment(target.parent, target.name, workers=2)
     fractions = tuple(float(x) for x in args.fractions.split(","))
     try:
         result = validate(

@@ -254,3 +254,19 @@ def test_add_prediction_draws_band_and_line_only_when_validated():
     words = figures.prediction_words(SUMMARY, WORSE)
     assert words.startswith("Now in S1 of the 4-state map (p = 0.97) at epoch 40.")
     assert "between epochs 56 and 64" in words and "does NOT beat" in words
+
+
+def test_predict_modules_never_import_torch_and_the_cli_module_imports_cheaply():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, analysis.predict, analysis.predict_study, analysis.predict_cli\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    cheap = (
+        "import sys, analysis.predict_cli\n"
+        "assert not {'numpy', 'pandas', 'hmmlearn'} & set(sys.modules), 'heavy import'\n"
+    )
+    subprocess.run([sys.executable, "-c", cheap], check=True)

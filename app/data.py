@@ -520,7 +520,10 @@ def run_status(root: str, experiment: str, run: str) -> str | None:
 
 
 def prediction_view(root: str, experiment: str, fp: str, run: str) -> dict | None:
-    """A run's prediction with the validation verdict, for a run still training; else None."""
+    """A run's prediction with the validation verdict, for a run still training; else None.
+
+    Without a saved fit the prediction is ``{"error": ...}`` naming the command to run.
+    """
     if run_status(root, experiment, run) not in PREDICTED_STATUSES:
         return None
     fits_fp = _fits_part(fp)
@@ -531,8 +534,9 @@ def prediction_view(root: str, experiment: str, fp: str, run: str) -> dict | Non
         rundir.run_fingerprint(rundir.run_path(root, experiment, run)),
         fits_fp,
     )
-    if summary is None:
-        return None
+    if summary is None:  # the experiment has never been fitted
+        error = f"no saved fit; run {fit_command(root, experiment)}"
+        return {"prediction": {"error": error}, "validation": None}
     return {"prediction": summary, "validation": prediction_validation(root, experiment, fits_fp)}
 
 

@@ -270,3 +270,48 @@ def test_predict_modules_never_import_torch_and_the_cli_module_imports_cheaply()
         "assert not {'numpy', 'pandas', 'hmmlearn'} & set(sys.modules), 'heavy import'\n"
     )
     subprocess.run([sys.executable, "-c", cheap], check=True)
+
+
+def test_dashboard_loaders_follow_a_running_run(fitted, tmp_path, monkeypatch):
+    """The Runs page's cells: a running run only, keyed so appended rows show at once."""
+    import shutil
+
+    from app import data
+    from app.main import create_app
+
+    monkeypatch.setattr(data, "FINGERPRINT_TTL", 0.0)
+    source, truth, _ = fitted
+    root = tmp_path / "root"
+    shutil.copytree(source / EXPERIMENT, root / EXPERIMENT)
+    write_synthetic_experiment(root, "unfitted", n_runs=2, n_checkpoints=10, seed=1)
+    live = rundir.RunWriter.create(root, EXPERIMENT, "live", task="synthetic")
+    live.append_frame(truth.frame(2).iloc[:10])
+    waiting = rundir.RunWriter.create(root, "unfitted", "live", task="synthetic")
+    waiting.append_frame(truth.frame(2).iloc[:10])
+    app = create_app(root, cache_dir=tmp_path / "cache")
+    try:
+        with app.server.app_context():
+            cells = data.runs_predictions(
+                str(root), EXPERIMENT, data.fingerprint(str(root), EXPERIMENT)
+            )
+            reference = predict.load_reference(root, EXPERIMENT)
+            validation = predict_study.validate(root, EXPERIMENT, reference=reference)
+            first = predict.predict_run(root, EXPERIMENT, "live", reference=reference)
+            assert cells == {"live": figures.prediction_cell(first.summary(), validation)}
+            live.append_frame(truth.frame(2).iloc[10:40])
+            fp = data.fingerprint(str(root), EXPERIMENT)
+            second = predict.predict_run(root, EXPERIMENT, "live", reference=reference)
+            assert second.epoch == 39 and second.summary() != first.summary()
+            cell = figures.prediction_cell(second.summary(), validation)
+            assert data.runs_predictions(str(root), EXPERIMENT, fp) == {"live": cell}
+            view = data.prediction_view(str(root), EXPERIMENT, fp, "live")
+            assert view["prediction"]["epoch"] == 39 and view["validation"]["verdict"]
+            assert data.prediction_view(str(root), EXPERIMENT, fp, "seed-00") is None  # completed
+            # A running run of an experiment never fitted: the command to run.
+            other = data.runs_predictions(
+                str(root), "unfitted", data.fingerprint(str(root), "unfitted")
+            )
+            assert other["live"].startswith("no prediction: no saved fit; run trainmap fit ")
+    finally:
+        live.close()
+        waiting.close()

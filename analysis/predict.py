@@ -155,6 +155,8 @@ class Prediction:
             "n": self.n,
             "epoch": self.epoch,
             "checkpoints": len(self.epochs),
+            "epochs": list(self.epochs),
+            "path": list(self.path),
             "state": self.state,
             "state_prob": self.state_prob,
             "converged_at": self.converged_at,

@@ -773,25 +773,71 @@ def prediction_words(summary: Mapping | None, validation: Mapping | None) -> str
     )
 
 
-def add_prediction(figure: Mapping, summary: Mapping | None, validation: Mapping | None) -> dict:
+def live_state_shapes(epochs: Sequence[int], path: Sequence[int]) -> list[dict]:
+    """Background stretches of a run the fit has not decoded (its states so far).
+
+    The same look as the phases :func:`metric_figure` shades for fitted runs.
+    """
+    segments = state_segments(epochs, path)
+    shapes = [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": left,
+            "x1": right,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": _rgba(state_color(state), 0.18),
+            "line": {"width": 0},
+            "layer": "below",
+            "name": f"S{state}",
+        }
+        for left, right, state in segments
+    ]
+    for (_, right, a), (_, _, b) in zip(segments[:-1], segments[1:]):
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": right,
+                "x1": right,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#333", "width": 1, "dash": "dot"},
+                "name": f"S{a}->S{b}",
+            }
+        )
+    return shapes
+
+
+def add_prediction(
+    figure: Mapping,
+    summary: Mapping | None,
+    validation: Mapping | None,
+    shade_states: bool = False,
+) -> dict:
     """A copy of a plain metric figure with the predicted convergence drawn on it.
 
     A shaded vertical band over the 80% interval (to the last epoch any reference
     run was seen when its upper end is open) and, only when the validation says
     prediction beats the baselines, a line at the median; both labelled. Nothing
-    is drawn for a run that converged or has no prediction.
+    is drawn for a run that converged or has no prediction. ``shade_states``
+    also shades the run's states so far (for a run the fit has not decoded).
     """
     figure = dict(figure)
-    if (
-        not summary
-        or summary.get("error")
-        or summary["converged_at"] is not None
-        or summary["basis"] is None
-    ):
+    if not summary or summary.get("error"):
         return figure
     layout = dict(figure.get("layout") or {})
     shapes = list(layout.get("shapes") or [])
     annotations = list(layout.get("annotations") or [])
+    if shade_states and summary.get("path"):
+        shapes.extend(live_state_shapes(summary["epochs"], summary["path"]))
+    layout["shapes"] = shapes
+    figure["layout"] = layout
+    if summary["converged_at"] is not None or summary["basis"] is None:
+        return figure
     low = summary["low"] if summary["low"] is not None else summary["epoch"]
     high = summary["high"] if summary["high"] is not None else summary["floor"]
     open_end = summary["high"] is None

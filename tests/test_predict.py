@@ -251,6 +251,13 @@ def test_add_prediction_draws_band_and_line_only_when_validated():
     done = figures.add_prediction(base, {**SUMMARY, "converged_at": 50}, BETTER)
     assert not done["layout"].get("shapes")
     assert base["layout"].get("shapes") in (None, [], ())  # the input is not modified
+    # A run the fit never decoded: its states so far shade the background too.
+    live = {**SUMMARY, "epochs": [0, 1, 2, 3], "path": [0, 0, 1, 1]}
+    shaded = figures.add_prediction(base, live, WORSE, shade_states=True)["layout"]["shapes"]
+    assert [s["name"] for s in shaded] == ["S0", "S1", "S0->S1", "predicted convergence interval"]
+    assert shaded[2]["x0"] == 1.5
+    converged = figures.add_prediction(base, {**live, "converged_at": 3}, BETTER, shade_states=True)
+    assert [s["name"] for s in converged["layout"]["shapes"]] == ["S0", "S1", "S0->S1"]
     words = figures.prediction_words(SUMMARY, WORSE)
     assert words.startswith("Now in S1 of the 4-state map (p = 0.97) at epoch 40.")
     assert "between epochs 56 and 64" in words and "does NOT beat" in words

@@ -178,7 +178,10 @@ def draw(experiment, metric, run, n, options, smoothing, _ticks, last_fp):
     if view is None:
         return figure, "", fp
     prediction, validation = view["prediction"], view["validation"]
-    figure = figures.add_prediction(figure, prediction, validation)
+    # A run the fit has not decoded (it started after the fit) is shaded by its
+    # states so far, when the chart shows the same map the prediction uses.
+    shade = n == prediction.get("n") and data.run_states(root, experiment, fp, n, run) is None
+    figure = figures.add_prediction(figure, prediction, validation, shade_states=shade)
     return figure, figures.prediction_words(prediction, validation), fp
 
 

@@ -88,15 +88,33 @@ def _spread(names: Sequence[str], limit: int) -> list[str]:
     return [names[i] for i in sorted(set(picks))]
 
 
-def cases(root, experiment: str, reference: Reference, fractions=FRACTIONS, max_runs=MAX_RUNS):
-    """One dict per (held-out run, fraction): the truth, the prediction and the baselines."""
+def cases(
+    root,
+    experiment: str,
+    reference: Reference,
+    fractions=FRACTIONS,
+    max_runs=MAX_RUNS,
+    load_metrics=None,
+):
+    """One dict per (held-out run, fraction): the truth, the prediction and the baselines.
+
+    ``load_metrics(run)`` returns a run's metrics table (default: read it with
+    ``trainer.rundir``; the dashboard passes its memoized loader).
+    """
     from trainer import rundir
+
+    if load_metrics is None:
+
+        def load_metrics(run):
+            return rundir.load_run(root, experiment, run).metrics
 
     converged = sorted(r for r in reference.runs if reference.convergence.get(r) is not None)
     out = []
     for run in _spread(converged, max_runs):
         try:
-            frame = rundir.load_run(root, experiment, run).metrics
+            frame = load_metrics(run)
+            if frame is None:  # a loader that reports a broken run as None
+                continue
             X, epochs, acc, notes = run_rows(reference, frame, run)
         except (rundir.RunDirError, OSError, PredictError):
             continue
@@ -220,11 +238,22 @@ def summarize(case_list: list[dict], fractions=FRACTIONS) -> dict:
 
 
 def validate(
-    root, experiment: str, *, n=None, reference=None, fractions=FRACTIONS, max_runs=MAX_RUNS
+    root,
+    experiment: str,
+    *,
+    n=None,
+    reference=None,
+    fractions=FRACTIONS,
+    max_runs=MAX_RUNS,
+    load_metrics=None,
 ):
-    """Leave-one-run-out validation of :mod:`analysis.predict` on the saved fit."""
+    """Leave-one-run-out validation of :mod:`analysis.predict` on the saved fit.
+
+    Returns :func:`summarize`'s dict (``fractions``, ``overall``, ``verdict``,
+    ``message``) plus ``fit_key``, ``n`` and the individual ``cases``.
+    """
     reference = reference or load_reference(root, experiment, n=n)
-    found = cases(root, experiment, reference, fractions, max_runs)
+    found = cases(root, experiment, reference, fractions, max_runs, load_metrics)
     result = summarize(found, fractions)
     result.update(fit_key=reference.fit_key, n=reference.n, cases=found)
     return result

@@ -487,7 +487,12 @@ def prediction_validation(root: str, experiment: str, fits_fp: str) -> dict | No
     reference = prediction_reference(root, experiment, fits_fp)
     if reference is None:
         return None
-    result = predict_study.validate(root, experiment, reference=reference)
+    result = predict_study.validate(
+        root,
+        experiment,
+        reference=reference,
+        load_metrics=lambda run: load_run_metrics(root, experiment, run),  # cached reads
+    )
     result.pop("cases", None)
     return result
 

@@ -80,11 +80,6 @@ MIN_REFERENCE = 4
 # few dozen held-out cases whether the coverage is right.
 INTERVAL = (0.1, 0.9)
 LEVELS = ("path", "state", "all")
-LEVEL_WORDS = {
-    "path": "in the same state with the same states visited so far",
-    "state": "in the same state",
-    "all": "of any state (too few runs in the same state)",
-}
 
 
 class PredictError(ValueError):
@@ -141,6 +136,7 @@ class Prediction:
     low: float | None = None  # 10% quantile
     high: float | None = None  # 90% quantile (None: not reached, open)
     floor: float | None = None  # last epoch seen among the matched runs
+    entered: float | None = None  # epoch this run entered its current state
     n_reference: int = 0
     n_converged_reference: int = 0
     basis: str | None = None  # "path", "state" or "all"
@@ -160,6 +156,7 @@ class Prediction:
             "state": self.state,
             "state_prob": self.state_prob,
             "converged_at": self.converged_at,
+            "entered": self.entered,
             "median": self.median,
             "low": self.low,
             "high": self.high,
@@ -179,13 +176,21 @@ class Prediction:
             return f"no prediction: {self.notes[-1] if self.notes else 'no reference runs'}"
         where = self.where()
         if self.median is None:
-            return f"later than epoch {_num(self.floor)} (most of the {where} never converged)"
-        return f"~{_num(self.median)}, 80% interval {_num(self.low)}–{_open(self.high)} ({where})"
+            return f"later than epoch {_num(self.floor)}: most runs never converged, {where}"
+        return f"~{_num(self.median)}, 80% interval {_num(self.low)}–{_open(self.high)}, {where}"
 
     def where(self) -> str:
         """Which reference runs the prediction rests on, in words."""
         runs = f"{self.n_reference} run{'s' * (self.n_reference != 1)}"
-        return f"from {runs} {LEVEL_WORDS[self.basis]}, not converged by epoch {self.epoch}"
+        if self.basis == "all":
+            return f"from {runs} of any state not converged by epoch {self.epoch}"
+        stay = (
+            f"stayed in it, unconverged, at least {self.epoch - self.entered:.0f} epochs, "
+            f"as this run has since epoch {self.entered:.0f}"
+        )
+        if self.basis == "path":
+            return f"from {runs} that reached S{self.state} by the same route and {stay}"
+        return f"from {runs} that reached S{self.state} by any route and {stay}"
 
 
 def _num(value) -> str:
@@ -354,38 +359,88 @@ def run_rows(reference: Reference, frame: pd.DataFrame, run: str = "run"):
     return X, frame["epoch"].to_numpy(dtype=np.int64), acc, notes
 
 
-def reference_state(reference: Reference, run: str, epoch: float) -> tuple[int, frozenset]:
-    """A reference run's decoded state at ``epoch`` and the states it visited up to then."""
-    epochs, path = reference.epochs[run], reference.paths[run]
-    idx = max(int(np.searchsorted(epochs, epoch, side="right")) - 1, 0)
-    return int(path[idx]), frozenset(path[: idx + 1].tolist())
+def entry_of(path: Sequence[int], epochs: Sequence[int], state: int) -> tuple[float, frozenset]:
+    """When a run's path so far entered ``state`` for its current stay, and what it had visited.
+
+    The stay is the final stretch of ``state`` at the end of the path; when the
+    path does not end in ``state`` (the filtered state can run one checkpoint
+    ahead of the Viterbi path), the run entered it at its last checkpoint.
+    Returns (entry epoch, states visited up to and including the entry).
+    """
+    path = np.asarray(path)
+    idx = len(path) - 1
+    if path[idx] == state:
+        while idx > 0 and path[idx - 1] == state:
+            idx -= 1
+    return float(epochs[idx]), frozenset(path[:idx].tolist()) | {int(state)}
+
+
+def reference_stays(
+    reference: Reference, state: int, elapsed: float, exclude: Sequence[str] = ()
+) -> list[tuple[str, float, frozenset]]:
+    """Reference runs that entered ``state`` and were still in it, unconverged, ``elapsed``
+    epochs later: (run, entry epoch, states visited up to the entry), first entry only.
+    """
+    out = []
+    for run in reference.runs:
+        if run in exclude:
+            continue
+        path, epochs = reference.paths[run], reference.epochs[run]
+        hits = np.flatnonzero(path == state)
+        if not len(hits):
+            continue
+        first = int(hits[0])
+        entry = float(epochs[first])
+        if reference.times(run)[0] - entry <= elapsed:  # converged (or unobserved) by then
+            continue
+        now = max(int(np.searchsorted(epochs, entry + elapsed, side="right")) - 1, 0)
+        if path[now] != state:  # had left the state by then
+            continue
+        out.append((run, entry, frozenset(path[: first + 1].tolist())))
+    return out
 
 
 def match_reference(
     reference: Reference,
     epoch: float,
     state: int,
+    entry: float,
     visited: frozenset,
     exclude: Sequence[str] = (),
     min_reference: int = MIN_REFERENCE,
-) -> tuple[str | None, list[str], list[str]]:
-    """(level, matched runs, runs at risk) for a run in ``state`` at ``epoch``.
+) -> tuple[str | None, list[float], list[bool], int]:
+    """Reference runs for a run in ``state`` since ``entry``, now at ``epoch``.
 
-    At risk: not converged by ``epoch`` and observed after it. The level is the
-    finest of :data:`LEVELS` with at least ``min_reference`` runs; None when
-    even all runs at risk are fewer.
+    Returns ``(level, times, events, n_at_risk)``: the finest of :data:`LEVELS`
+    with at least ``min_reference`` runs (None when even all runs at risk are
+    fewer), and the matched runs' convergence times on this run's clock. For
+    ``"path"`` and ``"state"`` a reference's time is ``entry`` plus how long it
+    took from entering the state to converging (or to its last epoch, censored),
+    so all of them are later than ``epoch``; for ``"all"`` it is its own
+    convergence epoch, among the runs not converged by ``epoch``.
     """
+    elapsed = epoch - entry
+    stays = reference_stays(reference, state, elapsed, exclude)
+
+    def shifted(group):
+        pairs = [reference.times(run) for run, _, _ in group]
+        entries = [e for _, e, _ in group]
+        return [entry + t - e for (t, _), e in zip(pairs, entries)], [ev for _, ev in pairs]
+
     at_risk = [r for r in reference.runs if r not in exclude and reference.times(r)[0] > epoch]
-    info = {r: reference_state(reference, r, epoch) for r in at_risk}
-    groups = {
-        "path": [r for r in at_risk if info[r] == (state, visited)],
-        "state": [r for r in at_risk if info[r][0] == state],
-        "all": at_risk,
+    candidates = {
+        "path": shifted([s for s in stays if s[2] == visited]),
+        "state": shifted(stays),
+        "all": (
+            [reference.times(r)[0] for r in at_risk],
+            [reference.times(r)[1] for r in at_risk],
+        ),
     }
     for level in LEVELS:
-        if len(groups[level]) >= min_reference:
-            return level, groups[level], at_risk
-    return None, [], at_risk
+        times, events = candidates[level]
+        if len(times) >= min_reference:
+            return level, times, events, len(at_risk)
+    return None, [], [], len(at_risk)
 
 
 def predict_rows(
@@ -424,25 +479,24 @@ def predict_rows(
             f"the fit ({reference.created_at}) predates the latest rows of some runs; runs not "
             "converged then count as censored there"
         )
+    entry, visited = entry_of(prediction.path, epochs, state)
+    prediction.entered = entry
     if prediction.converged_at is not None:
         return prediction
-    visited = frozenset(prediction.path) | {state}
-    level, matched, at_risk = match_reference(
-        reference, epoch, state, visited, exclude=exclude, min_reference=min_reference
+    level, times, events, n_at_risk = match_reference(
+        reference, epoch, state, entry, visited, exclude=exclude, min_reference=min_reference
     )
     if level is None:
         prediction.notes.append(
-            f"not enough runs to tell: {len(at_risk)} reference run"
-            f"{'s' * (len(at_risk) != 1)} not converged by epoch {epoch}, need >= {min_reference}"
+            f"not enough runs to tell: {n_at_risk} reference run"
+            f"{'s' * (n_at_risk != 1)} not converged by epoch {epoch}, need >= {min_reference}"
         )
         return prediction
     if level == "all":
         prediction.notes.append(
-            f"fewer than {min_reference} runs share this run's state at epoch {epoch}: "
-            "the prediction uses every run not converged by then"
+            f"fewer than {min_reference} runs stayed in S{state} as long as this run: "
+            "the prediction uses every run not converged by now"
         )
-    times = np.array([reference.times(r)[0] for r in matched])
-    events = np.array([reference.times(r)[1] for r in matched])
     survival = survival_prediction(times, events)
     prediction.median = survival["median"]
     prediction.low = survival["low"]

@@ -30,7 +30,8 @@ def format_prediction(prediction, validation, last: int = LAST_CHECKPOINTS) -> s
     lines = [
         f"run {p.experiment}/{p.run}: {len(p.epochs)} checkpoints, last epoch {p.epoch}; "
         f"fit {p.fit_key}, n = {p.n}",
-        f"current state: S{p.state} (filtered probability {p.state_prob:.2f})",
+        f"current state: S{p.state} (filtered probability {p.state_prob:.2f}), "
+        f"in it since epoch {p.entered:.0f}",
         "filtered state probabilities p(state | rows so far), last checkpoints:",
         "  epoch " + " ".join(f"{f'S{k}':>6}" for k in range(p.n)),
     ]

@@ -201,7 +201,7 @@ def test_cli_prints_state_probabilities_prediction_and_verdict(fitted, capsys):
     header = next(line for line in out.splitlines() if line.strip().startswith("epoch"))
     assert header.split() == ["epoch", *(f"S{k}" for k in range(reference.n))]
     assert "   29 " in out and "   25 " in out  # the last 5 checkpoints
-    assert "predicted convergence" in out and "runs in the same state" in out
+    assert "predicted convergence" in out and "by the same route and stayed in it" in out
     assert out.strip().splitlines()[-1].startswith("validation: ")
 
 

@@ -20,18 +20,25 @@ of the experiment that were once where this run is now:
    know that it converges later, if ever), exactly as the detour test in
    :mod:`analysis.evidence` treats it; dropping such runs would hide the slow
    ones, and treating their last epoch as convergence would make them look fast.
-2. Only runs *at risk* count: runs that had not converged by the current epoch
-   ``e`` and were still observed after it. A run that converged before ``e``
-   says nothing about a run that has not.
-3. Among those, the runs that match this run best: at epoch ``e`` in the same
-   state, having visited the same set of states so far (level ``"path"``);
-   if fewer than :data:`MIN_REFERENCE` runs match, the same state at ``e``
-   (``"state"``); if still too few, every run at risk (``"all"``), and the
-   result says so. The set of visited states is what separates branches of a
-   forked map: two runs in the same late state, one of which took a detour,
-   are at different points of their training.
+2. The clock is the time since the run entered its current state ``k`` (at
+   epoch ``a``; the run is at epoch ``e`` now, ``e - a`` epochs into its stay).
+   The references are the runs that also entered ``k`` and, ``e - a`` epochs
+   after entering it, were still in ``k`` and had not converged: runs at the
+   same point of the same phase. Their time from entering ``k`` to converging,
+   added to ``a``, is this run's predicted epoch. Phases last different
+   lengths in different runs, so runs are aligned at the start of the phase
+   rather than at the same epoch; measured in docs/predict.md, aligning at
+   the same epoch (runs in ``k`` at epoch ``e``) was as good or worse on every
+   experiment and fell back to coarser matches more often.
+3. Level ``"path"``: those of them that reached ``k`` by the same route (the
+   same set of states visited before entering it), which separates the
+   branches of a forked map: two runs in the same late state, one of which
+   took a detour, are at different points of their training. If fewer than
+   :data:`MIN_REFERENCE` runs match, any route (``"state"``); if still too
+   few, every run not converged by epoch ``e`` (``"all"``), and the result
+   says so.
 4. The prediction is the Kaplan-Meier median of the matched runs' convergence
-   epochs (censored runs kept), and the interval the KM 10% and 90% quantiles:
+   times on this clock (censored runs kept), and the interval the KM 10% and 90% quantiles:
    a *prediction* interval for this one run's epoch, which is what a user
    asks, not a confidence interval for the median (that one shrinks with more
    runs while a single run's spread does not). Where more than half (or 10%)

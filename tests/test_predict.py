@@ -322,3 +322,54 @@ def test_dashboard_loaders_follow_a_running_run(fitted, tmp_path, monkeypatch):
     finally:
         live.close()
         waiting.close()
+
+
+def _toy_reference(stays, threshold=0.9):
+    """Runs of 100 epochs that enter S1 at ``entry`` (after ``route``) and converge ``duration``
+    epochs later (None: never), leaving S1 for S2 at ``leave`` epochs after entering if given.
+    """
+    paths, epochs, convergence = {}, {}, {}
+    for i, (route, entry, duration, leave) in enumerate(stays):
+        path = np.zeros(100, dtype=int)
+        path[: len(route)] = route
+        path[entry:] = 1
+        if leave is not None:
+            path[entry + leave :] = 2
+        name = f"r{i}"
+        paths[name], epochs[name] = path, np.arange(100)
+        convergence[name] = None if duration is None else entry + duration
+    return predict.Reference(
+        experiment="toy", fit_key="k", created_at="", stale=False, n=3, cov="diag",
+        normalize="pooled", feature_names=["x"], center=None, scale=None, threshold=threshold,
+        arrays={}, runs=sorted(paths), epochs=epochs, paths=paths, convergence=convergence,
+    )  # fmt: skip
+
+
+def test_entry_clock_aligns_runs_at_the_start_of_their_stay():
+    stays = [
+        ([0], entry, duration, None)
+        for entry, duration in zip((10, 20, 30, 40, 50), (15, 25, 35, 45, 55))
+    ]
+    reference = _toy_reference(stays)
+    # This run entered S1 at epoch 30 by the route {0}, and is at epoch 40 now.
+    level, times, events, _ = predict.match_reference(reference, 40, 1, 30.0, frozenset({0, 1}))
+    assert level == "path" and sorted(times) == [45, 55, 65, 75, 85] and all(events)
+    assert predict.survival_prediction(times, events)["median"] == 65.0
+    # 20 epochs into the stay only runs whose stay lasted longer are still comparable.
+    level, times, _, _ = predict.match_reference(reference, 50, 1, 30.0, frozenset({0, 1}))
+    assert sorted(times) == [55, 65, 75, 85]
+
+
+def test_entry_clock_route_state_and_fallback_levels():
+    route = [([0], 10, 30, None)] * 2 + [([0, 2], 10, 60, None)] * 3  # 2 direct, 3 via S2
+    left = [([0], 10, 40, 5)]  # left S1 after 5 epochs: not comparable 10 epochs in
+    never = [([0], 10, None, None)]  # censored at its last epoch, 99
+    reference = _toy_reference(route + left + never)
+    level, times, events, _ = predict.match_reference(reference, 30, 1, 20.0, frozenset({0, 1}))
+    # 3 runs took this run's route (2 + the never-converged one): too few, so any route.
+    assert level == "state" and len(times) == 6
+    assert sorted(t for t, e in zip(times, events) if not e) == [20 + 89]
+    level, times, _, n_at_risk = predict.match_reference(
+        reference, 30, 1, 20.0, frozenset({0, 1}), min_reference=7
+    )
+    assert level == "all" and n_at_risk == 7 and sorted(times)[0] == 40

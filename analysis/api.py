@@ -158,7 +158,7 @@ def _choose(
     result.selection = selection
     result.warnings = [w for w in result.warnings if not w.startswith(SELECTION_WARNING)]
     if selection["at_ceiling"]:
-        result.warnings.append(SELECTION_WARNING + selection["message"])
+        result.warnings.append(SELECTION_WARNING + selection["warning"])
     result.params = {**result.params, "criterion": criterion, "n_states": n_states}
     return result
 

@@ -686,8 +686,8 @@ def describe_selection(
     extended = tried > int(max_states)
     if extended:
         notes.append(
-            f"the sweep was extended from {max_states} to {tried} states because the "
-            f"criterion still fell at n = {max_states}"
+            f"the criterion was still falling at n = {max_states}, so the sweep went on "
+            f"to n = {tried}"
         )
     warning = ""
     if at_ceiling:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -101,6 +102,26 @@ def full_ess_pick(sweep: pd.DataFrame) -> int:
     return int(g["n"].iloc[int(np.argmin(icl.to_numpy()))])
 
 
+def thinned_pick(truth, tau: float, seed: int, max_states: int, restarts: int, workers: int):
+    """The alternative to a penalty: keep one checkpoint per autocorrelation time, refit.
+
+    Every run keeps rows 0, s, 2s, ... with s = round(tau) (tau from the full
+    fit); plain ICL picks n on the thinned runs. Returns the pick and the ARI of
+    the thinned paths against the thinned truth.
+    """
+    stride = max(1, int(round(tau)))
+    frames = {name: truth.frame(i).iloc[::stride] for i, name in enumerate(truth.run_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_frames(frames, seed=seed)
+        result, _ = fit_prepared(
+            prepared, max_states=max_states, restarts=restarts, workers=workers, criterion="icl"
+        )
+    thinned = SimpleNamespace(run_names=truth.run_names, paths=[p[::stride] for p in truth.paths])
+    n = select_n(result.sweep, "icl")
+    return n, path_ari(result, thinned, n)
+
+
 def long_run_configs(n_configs: int = 8, seed: int = 0) -> list[dict]:
     """Varied synthetic generators for the long-run study (one draw per experiment).
 
@@ -115,7 +136,7 @@ def long_run_configs(n_configs: int = 8, seed: int = 0) -> list[dict]:
         k = int(rng.choice([3, 4, 5]))
         configs.append(
             dict(
-                seed=100 + i,
+                seed=100 * (seed + 1) + i,
                 n_states=k,
                 truth="forking" if i % 2 == 0 else "linear",
                 ar=round(float(rng.uniform(0.5, 0.9)), 2),
@@ -136,18 +157,24 @@ def long_run_study(
     restarts=2,
     workers=2,
     criteria=("icl", "bic_best", "bic_mean", "icl_ess", "bic_ess"),
+    config_seed=0,
+    thin=True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Does the selected n stay right as runs get longer? (docs/selection.md, "Long runs")
 
     For every length and every generator of :func:`long_run_configs`, one sweep
     with trainmap's defaults (pooled z-scoring, extension past ``max_states``
     for the default criterion); every criterion picks its n from the same sweep.
-    Returns the per-(experiment, criterion) picks and the sweep tables (for
-    re-analysis without refitting).
+    Two alternatives are measured beside trainmap's criteria: "icl_tau" (the
+    likelihood scaled by 1 / tau, :func:`full_ess_pick`) and, with ``thin``,
+    "thin + icl" (one checkpoint per autocorrelation time, :func:`thinned_pick`).
+    ``config_seed`` draws another set of generators. Returns the
+    per-(experiment, criterion) picks and the sweep tables (for re-analysis
+    without refitting).
     """
     rows, sweeps = [], []
     for length in lengths:
-        for config in long_run_configs(n_configs):
+        for config in long_run_configs(n_configs, config_seed):
             k = config["n_states"]
             branches = [list(range(k))] if config["truth"] == "linear" else None
             truth = make_synthetic(
@@ -175,11 +202,14 @@ def long_run_study(
             sweep = result.sweep.drop(columns=["error"]).assign(length=length, **config)
             sweep["ari"] = sweep["n"].map(aris)
             sweeps.append(sweep)
-            for criterion in (*criteria, "icl_tau (study only)"):
-                if criterion in CRITERIA:
-                    n = select_n(result.sweep, criterion)
-                else:
-                    n = full_ess_pick(result.sweep)
+            tau = result.selection.get("autocorr_time")
+            picks = {c: (select_n(result.sweep, c), None) for c in criteria}
+            picks["icl_tau (study only)"] = (full_ess_pick(result.sweep), None)
+            if thin:
+                picks["thin + icl (study only)"] = thinned_pick(
+                    truth, tau, config["seed"], max_states, restarts, workers
+                )
+            for criterion, (n, ari) in picks.items():
                 rows.append(
                     dict(
                         length=length,
@@ -187,20 +217,18 @@ def long_run_study(
                         criterion=criterion,
                         selected_n=n,
                         correct=n == k,
-                        ari=aris[n],
+                        ari=aris[n] if ari is None else ari,
                         ari_true_n=aris.get(k, np.nan),
-                        tau=result.selection.get("autocorr_time"),
+                        tau=tau,
                         max_tried=int(result.sweep["n"].max()),
                         seconds=seconds,
                     )
                 )
-            picks = ", ".join(
-                f"{r['criterion']}={r['selected_n']}" for r in rows[-len(criteria) - 1 :]
-            )
+            said = ", ".join(f"{c}={n}" for c, (n, _) in picks.items())
             print(
                 f"T={length} K={k} {config['truth']} ar={config['ar']} seed={config['seed']}: "
                 f"{seconds:.1f}s, tau={rows[-1]['tau']:.1f}, tried 1..{rows[-1]['max_tried']}, "
-                f"picks {picks}",
+                f"picks {said}",
                 flush=True,
             )
     return pd.DataFrame(rows), pd.concat(sweeps, ignore_index=True)
@@ -253,9 +281,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--true-states", type=int, nargs="+", default=[3, 4, 5])
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, help="runs per experiment (default 20; --long 16)")
     parser.add_argument("--checkpoints", type=int, default=200)
-    parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--restarts", type=int, help="restarts per n (default 3; --long 2)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help="also write the per-experiment table as CSV")
     parser.add_argument(
@@ -266,14 +294,16 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[300, 1000, 3000])
     parser.add_argument("--configs", type=int, default=8, help="generators per length (--long)")
     parser.add_argument("--sweeps", help="--long: also write every sweep table as CSV")
+    parser.add_argument("--config-seed", type=int, default=0, help="--long: another generator set")
     args = parser.parse_args()
     if args.long:
         picks, sweeps = long_run_study(
             lengths=args.lengths,
             n_configs=args.configs,
-            n_runs=args.runs if args.runs != 20 else 16,
-            restarts=args.restarts if args.restarts != 3 else 2,
+            n_runs=args.runs or 16,
+            restarts=args.restarts or 2,
             workers=args.workers,
+            config_seed=args.config_seed,
         )
         if args.out:
             picks.to_csv(args.out, index=False)
@@ -284,9 +314,9 @@ def main() -> None:
     table = study(
         true_states=args.true_states,
         seeds=args.seeds,
-        n_runs=args.runs,
+        n_runs=args.runs or 20,
         n_checkpoints=args.checkpoints,
-        restarts=args.restarts,
+        restarts=args.restarts or 3,
         workers=args.workers,
     )
     if args.out:

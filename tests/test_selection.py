@@ -86,7 +86,7 @@ def test_selection_at_the_ceiling_extends_the_sweep():
     assert selection["extended"] and selection["max_states_tried"] == 6
     assert not selection["at_ceiling"] and selection["warning"] == ""
     assert list(result.sweep["n"]) == [1, 2, 3, 4, 5, 6] and set(result.maps) == set(range(1, 7))
-    assert "extended from 3 to 6 states" in selection["message"]
+    assert "still falling at n = 3, so the sweep went on to n = 6" in selection["message"]
     assert not any(w.startswith("selection:") for w in result.warnings)
 
 

@@ -121,7 +121,7 @@ def _choose(
     """
     before, params = result.selection or {}, result.params
     max_states = int(max_states or before.get("max_states") or params.get("max_states") or 8)
-    cap = int(cap or before.get("cap") or params.get("max_states_cap") or max_states)
+    cap = int(cap or before.get("cap") or params.get("max_states_cap") or MAX_STATES_CAP)
     if heldout_runs is None:
         heldout_runs = before.get("heldout_runs")
     if runs_needed is None:

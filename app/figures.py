@@ -209,18 +209,25 @@ def selection_figure(
                     row=1,
                     col=col,
                 )
-    if "icl_best" in frame and np.isfinite(frame["icl_best"].to_numpy(dtype=float)).any():
-        # ICL (BIC plus an entropy penalty) is analysis's default criterion.
+    # ICL (BIC plus an entropy penalty) and its effective-sample version, whose
+    # penalty counts autocorrelated checkpoints as fewer observations (the
+    # default criterion; docs/selection.md).
+    for column, label, color in (
+        ("icl_best", "ICL (best restart)", "#CC79A7"),
+        ("icl_ess", "ICL, effective sample", "#56B4E9"),
+    ):
+        if column not in frame or not np.isfinite(frame[column].to_numpy(dtype=float)).any():
+            continue
         fig.add_trace(
             go.Scatter(
                 x=n,
-                y=frame["icl_best"].to_numpy(dtype=float),
+                y=frame[column].to_numpy(dtype=float),
                 customdata=n,
                 mode="lines+markers",
-                marker={"size": 7, "color": "#CC79A7"},
-                line={"color": "#CC79A7", "dash": "dot"},
-                name="ICL (best restart)",
-                hovertemplate="n=%{x}<br>ICL %{y:.4g}<extra>click to choose n</extra>",
+                marker={"size": 7, "color": color},
+                line={"color": color, "dash": "dot"},
+                name=label,
+                hovertemplate=f"n=%{{x}}<br>{label} %{{y:.4g}}<extra>click to choose n</extra>",
             ),
             row=1,
             col=1,

@@ -208,8 +208,10 @@ def summarize(case_list: list[dict], fractions=FRACTIONS) -> dict:
     if overall["answered"] < MIN_CASES:
         verdict = "not_enough_runs"
         message = (
-            f"not enough runs to tell: {overall['answered']} scored predictions "
-            f"(held-out converged runs x truncations), need >= {MIN_CASES}"
+            f"not enough runs to tell: {overall['answered']} point predictions to score, "
+            f"need >= {MIN_CASES} ({overall['scored'] - overall['answered']} of "
+            f"{overall['scored']} truncations got none: too few of their reference runs "
+            "converged)"
         )
     else:
         beats_risk = (

@@ -540,6 +540,8 @@ def predict_run(
     """
     from trainer import rundir
 
+    if upto is not None and int(upto) < 1:
+        raise PredictError(f"upto must be at least 1 checkpoint, got {upto}")
     loaded = rundir.load_run(root, experiment, run)  # checks the names and the files first
     reference = reference or load_reference(root, experiment, n=n)
     frame = loaded.metrics

@@ -212,6 +212,8 @@ def test_cli_bad_input(fitted, tmp_path, capsys):
     assert f"trainmap fit {tmp_path / 'unfitted'}" in capsys.readouterr().err
     assert cli_main(["predict", str(root / EXPERIMENT / "no-such-run")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    assert cli_main(["predict", str(root / EXPERIMENT / "seed-00"), "--upto", "-3"]) == 2
+    assert "upto must be at least 1 checkpoint, got -3" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ figures

@@ -130,7 +130,7 @@ def _choose(
     column = CRITERIA[criterion][0]
     if column not in result.sweep or not result.sweep[column].notna().any():
         # A fit saved before the residual autocorrelation was recorded.
-        used = criterion.removesuffix("_ess")
+        used = "icl" if criterion == "auto" else criterion.removesuffix("_ess")
         note = f"{criterion} needs a refit (this fit predates it): selected by {used}"
     if n_states is not None:
         if int(n_states) not in result.maps:

@@ -21,9 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--criterion",
-        choices=("icl_ess", "bic_ess", "icl", "bic_best", "bic_mean", "aic_best", "heldout_ll"),
+        choices=(
+            "auto",
+            "icl_ess",
+            "bic_ess",
+            "icl",
+            "bic_best",
+            "bic_mean",
+            "aic_best",
+            "heldout_ll",
+        ),
         default=None,
-        help="how n is selected (default icl_ess, see docs/selection.md; bic_mean = paper)",
+        help="how n is selected (default auto: icl below 300 checkpoints per run, icl_ess "
+        "from there; see docs/selection.md; bic_mean = paper)",
     )
     parser.add_argument(
         "--normalize",

@@ -156,7 +156,7 @@ def long_run_study(
     max_states=8,
     restarts=2,
     workers=2,
-    criteria=("icl", "bic_best", "bic_mean", "icl_ess", "bic_ess"),
+    criteria=("icl", "bic_best", "bic_mean", "icl_ess", "bic_ess", "auto"),
     config_seed=0,
     thin=True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -289,8 +289,10 @@ def main() -> None:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="the long-run study instead: runs of 300, 1000 and 3000 checkpoints",
+        help="the long-run study instead: runs of 300, 1000 and 3000 checkpoints "
+        "(--lengths 100 150 250 for the short-run check)",
     )
+    parser.add_argument("--no-thin", action="store_true", help="--long: skip the thinning refits")
     parser.add_argument("--lengths", type=int, nargs="+", default=[300, 1000, 3000])
     parser.add_argument("--configs", type=int, default=8, help="generators per length (--long)")
     parser.add_argument("--sweeps", help="--long: also write every sweep table as CSV")
@@ -304,6 +306,7 @@ def main() -> None:
             restarts=args.restarts or 2,
             workers=args.workers,
             config_seed=args.config_seed,
+            thin=not args.no_thin,
         )
         if args.out:
             picks.to_csv(args.out, index=False)

@@ -29,7 +29,6 @@ pytestmark = pytest.mark.browser
 REFRESH_WAIT = 10  # the runs page polls every 3 s
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def xdg_dirs():
     """Chromium writes a profile and caches under these; keep them out of the home.

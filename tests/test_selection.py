@@ -16,6 +16,7 @@ from analysis import api, store
 from analysis.cli import format_selection, format_sweep
 from analysis.model import (
     DEFAULT_CRITERION,
+    LONG_RUN_CHECKPOINTS,
     autocorr_time,
     effective_criteria,
     lag1_autocorrelation,
@@ -55,7 +56,11 @@ def test_autocorr_time_never_inflates_the_sample():
 def test_ess_penalty_grows_with_autocorrelation():
     truth = make_synthetic(10, 80, seed=3, n_states=2, n_features=4)
     result, _ = api.fit_prepared(
-        prepared_of(truth, features=truth.feature_names), max_states=3, restarts=1, workers=1
+        prepared_of(truth, features=truth.feature_names),
+        max_states=3,
+        restarts=1,
+        workers=1,
+        criterion="icl_ess",
     )
     sweep = result.sweep
     tau = sweep["autocorr_time"].iloc[0]
@@ -73,6 +78,20 @@ def test_ess_penalty_grows_with_autocorrelation():
     assert selection["penalty"] == "ess" and selection["autocorr_time"] == pytest.approx(tau)
     assert selection["effective_rows"] == pytest.approx(t_eff.iloc[0])
     assert "autocorrelation time" in selection["message"]
+
+
+def test_auto_uses_plain_icl_on_short_runs_and_the_ess_penalty_on_long_ones():
+    truth = make_synthetic(10, 80, seed=3, n_states=2, n_features=4)
+    result, _ = api.fit_prepared(
+        prepared_of(truth, features=truth.feature_names), max_states=3, restarts=1, workers=1
+    )
+    sweep = result.sweep
+    assert (sweep["rows_per_run"].dropna() == 80).all()
+    assert np.allclose(sweep["icl_auto"], sweep["icl_best"], equal_nan=True)
+    assert result.selection["penalty"] == "plain"
+    assert "plain ICL" in result.selection["message"]
+    long = effective_criteria(sweep.assign(rows_per_run=float(LONG_RUN_CHECKPOINTS)))
+    assert np.allclose(long["icl_auto"], long["icl_ess"], equal_nan=True)
 
 
 # ------------------------------------------------------------ the ceiling
@@ -140,7 +159,8 @@ def test_selection_is_saved_and_old_fits_load(tmp_path):
     fit = dict(max_states=2, restarts=1, workers=1)
     result = api.fit_experiment(tmp_path, "exp", **fit)
     loaded = api.load_fit(tmp_path, "exp", **fit)
-    assert loaded.selection == result.selection and loaded.selection["penalty"] == "ess"
+    # 60 checkpoints a run: "auto" is plain ICL
+    assert loaded.selection == result.selection and loaded.selection["penalty"] == "plain"
     # Another criterion on the saved fit describes that criterion.
     plain = api.load_fit(tmp_path, "exp", **fit, criterion="bic_mean")
     assert plain.selection["criterion"] == "bic_mean" and plain.selection["penalty"] == "plain"
@@ -154,5 +174,7 @@ def test_selection_is_saved_and_old_fits_load(tmp_path):
     legacy = store.result_from_payload(payload)
     assert legacy.selection == {}
     chosen = api._choose(legacy, DEFAULT_CRITERION, None)
+    assert chosen.selected_n == select_n(legacy.sweep, "icl")
+    chosen = api._choose(legacy, "icl_ess", None)
     assert chosen.selected_n == select_n(legacy.sweep, "icl")
     assert "needs a refit" in chosen.selection["message"]

@@ -202,7 +202,8 @@ def long_run_study(
             sweep = result.sweep.drop(columns=["error"]).assign(length=length, **config)
             sweep["ari"] = sweep["n"].map(aris)
             sweeps.append(sweep)
-            tau = result.selection.get("autocorr_time")
+            taus = result.sweep["autocorr_time"].dropna()
+            tau = float(taus.iloc[0]) if len(taus) else float("nan")
             picks = {c: (select_n(result.sweep, c), None) for c in criteria}
             picks["icl_tau (study only)"] = (full_ess_pick(result.sweep), None)
             if thin:
@@ -232,6 +233,42 @@ def long_run_study(
                 flush=True,
             )
     return pd.DataFrame(rows), pd.concat(sweeps, ignore_index=True)
+
+
+def short_run_study(
+    lengths=(100, 150, 250),
+    seeds=range(5),
+    n_runs=16,
+    restarts=3,
+    workers=2,
+    criteria=("icl", "icl_ess", "bic_best", "bic_ess", "auto"),
+) -> pd.DataFrame:
+    """The default generator (with its detour branch) and two variants on short runs.
+
+    docs/selection.md, "Short runs": true n = 4 forking (the default branches),
+    3 linear and 5 forking, each seed and length one sweep; every criterion
+    picks from the same sweep. Returns one row per (experiment, criterion).
+    """
+    rows = []
+    for length in lengths:
+        for seed in seeds:
+            for k, branches in ((4, None), (3, [[0, 1, 2]]), (5, None)):
+                truth = make_synthetic(n_runs, length, seed=seed, n_states=k, branches=branches)
+                frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    prepared = prepare_frames(frames, seed=seed)
+                    result, _ = fit_prepared(
+                        prepared, max_states=7, restarts=restarts, workers=workers, seed=seed
+                    )
+                for criterion in criteria:
+                    n = select_n(result.sweep, criterion)
+                    rows.append(
+                        dict(length=length, seed=seed, n_states=k, criterion=criterion,
+                             selected_n=n, correct=n == k, ari=path_ari(result, truth, n))
+                    )  # fmt: skip
+                print(f"T={length} seed={seed} K={k}: done", flush=True)
+    return pd.DataFrame(rows)
 
 
 def summarize_long(table: pd.DataFrame) -> pd.DataFrame:
@@ -293,11 +330,22 @@ def main() -> None:
         "(--lengths 100 150 250 for the short-run check)",
     )
     parser.add_argument("--no-thin", action="store_true", help="--long: skip the thinning refits")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="the short-run check on the default generator (100, 150, 250 checkpoints)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[300, 1000, 3000])
     parser.add_argument("--configs", type=int, default=8, help="generators per length (--long)")
     parser.add_argument("--sweeps", help="--long: also write every sweep table as CSV")
     parser.add_argument("--config-seed", type=int, default=0, help="--long: another generator set")
     args = parser.parse_args()
+    if args.short:
+        picks = short_run_study(workers=args.workers)
+        if args.out:
+            picks.to_csv(args.out, index=False)
+        print(markdown(summarize_long(picks)))
+        return
     if args.long:
         picks, sweeps = long_run_study(
             lengths=args.lengths,

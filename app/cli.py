@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     parser.add_argument("--debug", action="store_true", help="Dash debug mode (reloads on edits)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (off by default)"
+    )
     parser.epilog = (
         "For several workers use gunicorn: TRAINMAP_ROOT=DIR gunicorn app.main:server. "
         "Cache: $TRAINMAP_CACHE_DIR (files) or $TRAINMAP_CACHE_REDIS_URL (Redis)."
@@ -36,5 +39,5 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"invalid port {args.port}")
     from app.main import serve
 
-    serve(args.root, host=args.host, port=args.port, debug=args.debug)
+    serve(args.root, host=args.host, port=args.port, debug=args.debug, access_log=args.access_log)
     return 0

@@ -5,6 +5,8 @@ Unlike ``app.figures`` these return Dash components; they hold no data logic.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from dash import dcc, html
 
 from app import data
@@ -22,20 +24,61 @@ def experiment_dropdown(prefix: str, root: str, selected: str | None) -> dcc.Dro
     )
 
 
+# Every view setting a URL carries: experiment, n, run and metric (every page),
+# the curves' options (all seeds, log y, smoothing) and the compared experiments.
+QUERY_KEYS = (
+    "experiment",
+    "n",
+    "run",
+    "metric",
+    "seeds",
+    "log",
+    "smooth",
+    "experiments",
+    "match",
+)
+
+
 def query_store(prefix: str, query: dict) -> dcc.Store:
     """The URL query this page was opened with; the page's own controls override it."""
-    clean = {
-        k: v
-        for k, v in query.items()
-        if k in ("experiment", "n", "run", "metric", "experiments", "match")
-    }
+    clean = {k: v for k, v in query.items() if k in QUERY_KEYS}
     return dcc.Store(id=f"{prefix}-query", data=clean)
+
+
+def page_href(path: str, query: dict | None, **own) -> str:
+    """A link to another page keeping the view's query (same keys and order as the URL sync)."""
+    merged = {**(query or {}), **own}
+    params = {k: merged[k] for k in QUERY_KEYS if merged.get(k) not in (None, "")}
+    return path + ("?" + urlencode(params) if params else "")
+
+
+def nav_link(text: str, path: str, where: str) -> dcc.Link:
+    """An in-page link that keeps the view's query: main.py's URL sync rewrites its href."""
+    return dcc.Link(text, href=path, id={"type": "app-nav", "path": path, "from": where})
 
 
 def merge_query(incoming: dict | None, current: dict | None, **own) -> dict:
     """The view's query: what the page was opened with, what other pages set
     since, then this page's own controls."""
     return {**(incoming or {}), **(current or {}), **own}
+
+
+def missing_notice(
+    root: str, requested: str | None = None, experiment: str | None = None, run: str | None = None
+) -> html.Div:
+    """Say when a link asked for an experiment or run that is not there.
+
+    The page then shows ``experiment`` (the first one) and no run instead of
+    failing, but the reader must know it is not what the link pointed at.
+    """
+    items = []
+    if requested and data.valid_experiment(root, requested) is None:
+        shown = data.default_experiment(root, None)
+        instead = f"; showing {shown} instead" if shown else ""
+        items.append(html.P(f"No experiment named “{requested}” under {root}{instead}."))
+    elif run and experiment and run not in data.run_names(root, experiment):
+        items.append(html.P(f"No run named “{run}” in {experiment}; no run is chosen."))
+    return html.Div(items, id="missing-notice", className="notice warning" if items else None)
 
 
 def no_experiments(root: str) -> html.Div:

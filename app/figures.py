@@ -111,6 +111,32 @@ def runs_table_rows(
     return rows
 
 
+# Right-aligned numbers with one precision per column (accuracy to 4 places).
+NUMERIC_COLUMNS = {
+    "seed": 0,
+    "checkpoints": 0,
+    "last_epoch": 0,
+    "final_eval_acc": 4,
+    "convergence_epoch": 0,
+}
+
+
+def runs_table_columns(rows: Sequence[Mapping], columns: Sequence[tuple[str, str]]) -> list[dict]:
+    """DataTable columns for ``rows``: numbers typed and formatted, and columns
+    empty in every row (no task, no reason, no prediction) left out. The run and
+    status columns always stay, so an empty experiment still has a header."""
+    out = []
+    for key, title in columns:
+        if key not in ("run", "status") and not any(row.get(key) not in (None, "") for row in rows):
+            continue
+        column = {"name": title, "id": key}
+        if key in NUMERIC_COLUMNS:
+            digits = NUMERIC_COLUMNS[key]
+            column.update(type="numeric", format={"specifier": f".{digits}f"})
+        out.append(column)
+    return out
+
+
 def status_counts(rows: Iterable[Mapping]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in rows:
@@ -232,10 +258,34 @@ def selection_figure(
             row=1,
             col=1,
         )
+    # Infeasible n (every restart failed, e.g. too few points for the
+    # parameters) get a grey cross on the criteria's panel with the reason on
+    # hover, so a gap in the curves is never a silent one.
+    bad = infeasible_ns(sweep)
+    if bad:
+        finite = frame.get("bic_mean", pd.Series(dtype=float)).to_numpy(dtype=float)
+        finite = finite[np.isfinite(finite)]
+        y = float(finite.min()) if len(finite) else 0.0
+        fig.add_trace(
+            go.Scatter(
+                x=[n for n, _ in bad],
+                y=[y] * len(bad),
+                text=[reason for _, reason in bad],
+                mode="markers",
+                marker={"symbol": "x-thin-open", "size": 14, "color": "#7F7F7F"},
+                name="infeasible n",
+                hovertemplate="n=%{x} infeasible<br>%{text}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.update_xaxes(title_text="number of states n", dtick=1)
+    fig.update_yaxes(title_text="criterion (lower is better)", row=1, col=1)
+    fig.update_yaxes(title_text="log-likelihood (higher is better)", row=1, col=2)
     fig.update_layout(
         height=height,
-        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        # Room above the subplot titles for Plotly's toolbar (it never covers them).
+        margin={"l": 60, "r": 20, "t": 70, "b": 40},
         legend={"orientation": "h", "y": -0.22},
         clickmode="event",
         hovermode="closest",
@@ -244,6 +294,18 @@ def selection_figure(
         uirevision="selection",
     )
     return fig
+
+
+def infeasible_ns(sweep: pd.DataFrame) -> list[tuple[int, str]]:
+    """(n, reason) for every n of the sweep no restart could fit."""
+    if "feasible" not in sweep:
+        return []
+    out = []
+    for row in sweep.sort_values("n").itertuples():
+        if not bool(row.feasible):
+            reason = str(getattr(row, "error", "") or "") or "every restart failed"
+            out.append((int(row.n), reason))
+    return out
 
 
 def sweep_table(sweep: pd.DataFrame) -> list[dict]:
@@ -309,7 +371,9 @@ def feature_rows(features: Iterable, limit: int = 5) -> list[dict]:
                 "score": round(float(get("score")), 4),
             }
         )
-    return rows
+    # The strongest features are chosen by score, then listed by the change the
+    # table shows, largest first.
+    return sorted(rows, key=lambda row: -abs(row["delta_z"]))
 
 
 def profile_rows(profile: Mapping[str, float], limit: int = 8) -> list[dict]:
@@ -386,7 +450,7 @@ def map_elements(
                     "source": f"s{j}",
                     "target": f"s{k}",
                     "prob": round(float(edge.prob), 4),
-                    "label": f"{edge.prob:.2f}",
+                    "label": prob_text(edge.prob),
                     "width": _edge_width(edge.prob),
                     "color": state_color(j),
                     "n_runs": int(edge.n_runs),
@@ -419,9 +483,23 @@ def highlight_path(elements: list[dict], path: Sequence[int] | None) -> list[dic
     return out
 
 
-def map_stylesheet() -> list[dict]:
-    """Cytoscape stylesheet (plain data): colours and sizes come from element data."""
-    return [
+def prob_text(prob: float) -> str:
+    """A transition probability as the map's edges and the hover panel show it."""
+    return f"{float(prob):.3f}"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs`` (``many`` for irregular plurals)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+def map_stylesheet(focus: Sequence[str] = (), hovered: str | None = None) -> list[dict]:
+    """Cytoscape stylesheet (plain data): colours and sizes come from element data.
+
+    ``focus`` are element ids to keep in full view while everything else fades
+    (the hovered element with its neighbours); ``hovered`` gets a larger label.
+    """
+    sheet = [
         {
             "selector": "node",
             "style": {
@@ -429,25 +507,23 @@ def map_stylesheet() -> list[dict]:
                 "width": "data(size)",
                 "height": "data(size)",
                 "label": "data(label)",
-                "color": "#222",
+                "color": "#111",
                 "font-size": 14,
                 "text-valign": "center",
                 "text-outline-color": "#fff",
-                "text-outline-width": 2,
+                "text-outline-width": 3,
                 "border-width": 2,
                 "border-color": "#555",
                 "opacity": "data(opacity)",
             },
         },
-        # Start states get a thick green ring, end states a double dark ring,
-        # detours a dashed border: three marks that combine on one node.
+        # Start states get a thick green ring, end states a double ring and
+        # detours a rounded-square shape: a ring's colour, a ring's style and
+        # the node's shape are separate properties, so the three marks combine
+        # on one node and none hides another.
         {"selector": "node.start", "style": {"border-width": 5, "border-color": "#009E73"}},
         {"selector": "node.end", "style": {"border-style": "double", "border-width": 7}},
-        {"selector": "node.start.end", "style": {"border-color": "#009E73"}},
-        {
-            "selector": "node.detour",
-            "style": {"border-style": "dashed", "shape": "round-rectangle"},
-        },
+        {"selector": "node.detour", "style": {"shape": "round-rectangle"}},
         {
             "selector": "edge",
             "style": {
@@ -465,12 +541,50 @@ def map_stylesheet() -> list[dict]:
             },
         },
         {"selector": "edge.onpath", "style": {"line-color": "#D55E00", "opacity": 1}},
+        # The chosen run's states: a halo behind the node (never on its ring),
+        # and a dark label on a white outline, readable on any state colour.
         {
             "selector": "node.onpath",
-            "style": {"color": "#D55E00", "font-weight": "bold", "font-size": 18},
+            "style": {
+                "underlay-color": "#D55E00",
+                "underlay-opacity": 0.35,
+                "underlay-padding": 10,
+                "font-weight": "bold",
+                "font-size": 18,
+            },
         },
         {"selector": "edge:selected", "style": {"line-color": "#333"}},
     ]
+    if focus:
+        ids = ", ".join(f'[id = "{element_id}"]' for element_id in focus)
+        sheet += [
+            {"selector": "node, edge", "style": {"opacity": 0.15}},
+            {"selector": ids, "style": {"opacity": "data(opacity)", "z-index": 10}},
+        ]
+    if hovered:
+        sheet.append(
+            {
+                "selector": f'[id = "{hovered}"]',
+                "style": {"font-size": 20, "font-weight": "bold", "opacity": 1},
+            }
+        )
+    return sheet
+
+
+def neighbourhood(elements: Sequence[Mapping], element_id: str) -> list[str]:
+    """Ids of an element and its neighbours: a node with its edges and the
+    nodes at their other ends; an edge with its two nodes."""
+    by_id = {e["data"]["id"]: e["data"] for e in elements}
+    item = by_id.get(element_id)
+    if item is None:
+        return []
+    if "source" in item:
+        return [element_id, item["source"], item["target"]]
+    out = [element_id]
+    for data in by_id.values():
+        if "source" in data and element_id in (data["source"], data["target"]):
+            out += [data["id"], data["source"], data["target"]]
+    return list(dict.fromkeys(out))
 
 
 # -------------------------------------------------------------- metric curves

@@ -19,6 +19,8 @@ Environment variables:
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -27,7 +29,7 @@ import dash
 import flask
 from dash import ALL, Dash, Input, Output, State, dcc, html
 
-from app import data
+from app import components, data
 from trainer.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +78,7 @@ def _navbar() -> html.Header:
         dcc.Link(
             page["name"],
             href=page["relative_path"],
-            id={"type": "app-nav", "path": page["relative_path"]},
+            id={"type": "app-nav", "path": page["relative_path"], "from": "nav"},
             className="nav-link",
         )
         for page in sorted(dash.page_registry.values(), key=lambda p: p.get("order", 99))
@@ -105,7 +107,7 @@ def _layout() -> html.Div:
 _SYNC_URL_JS = """
 function(query, ids) {
     const params = new URLSearchParams();
-    for (const key of ["experiment", "n", "run", "metric", "experiments", "match"]) {
+    for (const key of KEYS) {
         const value = query ? query[key] : null;
         if (value !== null && value !== undefined && value !== "") params.set(key, value);
     }
@@ -115,7 +117,7 @@ function(query, ids) {
     }
     return ids.map(id => id.path + search);
 }
-"""
+""".replace("KEYS", json.dumps(list(components.QUERY_KEYS)))
 
 
 def create_app(
@@ -168,17 +170,34 @@ def create_app(
     app.layout = _layout
     app.clientside_callback(
         _SYNC_URL_JS,
-        Output({"type": "app-nav", "path": ALL}, "href"),
+        # Nav links and in-page links (components.nav_link) alike.
+        Output({"type": "app-nav", "path": ALL, "from": ALL}, "href"),
         Input("app-query", "data"),
-        State({"type": "app-nav", "path": ALL}, "id"),
+        State({"type": "app-nav", "path": ALL, "from": ALL}, "id"),
     )
     return app
 
 
-def serve(root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050, debug=False):
-    """Run the development server (blocking); production uses gunicorn."""
+def serve(
+    root: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    debug=False,
+    access_log: bool = False,
+):
+    """Run the development server (blocking); production uses gunicorn.
+
+    One line per request drowns the address to open, so the request log is
+    off unless ``access_log``; warnings and errors are always shown.
+    """
     app = create_app(root)
-    print(f"trainmap dashboard for {app.server.config['TRAINMAP_ROOT']} on http://{host}:{port}/")
+    if not access_log:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    print(
+        f"trainmap dashboard for {app.server.config['TRAINMAP_ROOT']}\n"
+        f"  open http://{host}:{port}/  (Ctrl-C to stop)",
+        flush=True,
+    )
     app.run(host=host, port=port, debug=debug)
 
 

@@ -52,9 +52,13 @@ def test_map_elements_nodes_edges_and_marks(fit):
     # Edges: width by probability, a label, runs and the top features with arrows.
     edge = next(e for e in tmap.edges if (e.source, e.target) == (1, 3))
     data = by_id["e1-3"]["data"]
-    assert data["label"] == f"{edge.prob:.2f}" and data["n_runs"] == edge.n_runs == 8
-    assert data["features"][0]["feature"] == edge.top_features[0].feature
-    for row, feature in zip(data["features"], edge.top_features):
+    # The same probability text on the edge as in the hover panel.
+    assert data["label"] == figures.prob_text(edge.prob) == f"{edge.prob:.3f}"
+    assert data["n_runs"] == edge.n_runs == 8
+    # The five best-scoring features, listed by the change they show (largest first).
+    top = sorted(edge.top_features[:5], key=lambda f: -abs(round(f.delta_z, 2)))
+    assert [row["feature"] for row in data["features"]] == [f.feature for f in top]
+    for row, feature in zip(data["features"], top):
         assert row["arrow"] == ("↑" if feature.delta_z > 0 else "↓")
         assert row["delta_z"] == round(feature.delta_z, 2)
     widths = {e["data"]["id"]: e["data"]["width"] for e in edges}

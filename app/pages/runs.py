@@ -24,12 +24,18 @@ dash.register_page(__name__, path="/", name="Runs", title="trainmap: runs", orde
 REFRESH_MS = 3000
 
 
-def layout(experiment=None, n=None, run=None, metric=None, **_):
+def layout(experiment=None, n=None, run=None, metric=None, **query):
     root = data.current_root()
+    requested = experiment
     experiment = data.default_experiment(root, experiment)
+    # An empty root shows the message only, not an empty table and empty axes.
+    shown = {"display": "none"} if experiment is None else {}
     return html.Div(
         [
-            components.query_store("runs", {"experiment": experiment, "n": n, "metric": metric}),
+            components.query_store(
+                "runs", {**query, "experiment": experiment, "n": n, "metric": metric}
+            ),
+            components.missing_notice(root, requested, experiment, run),
             html.Div(
                 [
                     components.label(
@@ -40,59 +46,73 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 className="controls",
             ),
             html.Div(components.no_experiments(root) if experiment is None else None),
-            dash_table.DataTable(
-                id="runs-table",
-                columns=[
-                    {"name": title, "id": key}
-                    for key, title in (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)
-                ],
-                data=[],
-                sort_action="native",
-                filter_action="native",
-                row_selectable="single",
-                selected_row_ids=[run] if run else [],
-                page_size=20,
-                style_table={"overflowX": "auto"},
-                style_cell={"textAlign": "left", "fontFamily": "inherit", "padding": "4px 8px"},
-                # Long reasons wrap instead of pushing the other columns off screen.
-                style_cell_conditional=[
-                    {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"},
-                    {
-                        "if": {"column_id": figures.PREDICTION_COLUMN[0]},
-                        "maxWidth": "260px",
-                        "whiteSpace": "normal",
-                    },
-                ],
-                style_data_conditional=[
-                    {
-                        "if": {"filter_query": '{status} = "broken"'},
-                        "backgroundColor": "#fde2e1",
-                    },
-                    {
-                        "if": {"filter_query": '{status} = "running"'},
-                        "backgroundColor": "#e6f4ea",
-                    },
-                ],
-            ),
-            html.P(
+            html.Div(
                 [
-                    "Select a run to show it on the ",
-                    dcc.Link("Training map", href="/map", id="runs-map-link"),
-                    " and in ",
-                    dcc.Link("Metric curves", href="/curves", id="runs-curves-link"),
-                    ".",
+                    dcc.Loading(
+                        _table(run), type="default", delay_show=300, id="runs-table-loading"
+                    ),
+                    html.P(
+                        [
+                            "Select a run to show it on the ",
+                            components.nav_link("Training map", "/map", "runs"),
+                            " and in ",
+                            components.nav_link("Metric curves", "/curves", "runs"),
+                            ".",
+                        ],
+                        className="hint",
+                    ),
+                    dcc.Loading(
+                        dcc.Graph(id="runs-progress", config={"displaylogo": False}),
+                        type="default",
+                        delay_show=300,
+                    ),
                 ],
-                className="hint",
+                style=shown,
             ),
-            dcc.Graph(id="runs-progress", config={"displaylogo": False}),
             dcc.Store(id="runs-fp"),
             dcc.Interval(id="runs-interval", interval=REFRESH_MS),
         ]
     )
 
 
+def _table(run: str | None) -> dash_table.DataTable:
+    return dash_table.DataTable(
+        id="runs-table",
+        columns=figures.runs_table_columns([], (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)),
+        data=[],
+        sort_action="native",
+        filter_action="native",
+        row_selectable="single",
+        selected_row_ids=[run] if run else [],
+        page_size=20,
+        style_table={"overflowX": "auto"},
+        style_cell={"textAlign": "left", "padding": "4px 8px"},
+        # Long reasons wrap instead of pushing the other columns off screen.
+        style_cell_conditional=[
+            *({"if": {"column_id": key}, "textAlign": "right"} for key in figures.NUMERIC_COLUMNS),
+            {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"},
+            {
+                "if": {"column_id": figures.PREDICTION_COLUMN[0]},
+                "maxWidth": "260px",
+                "whiteSpace": "normal",
+            },
+        ],
+        style_data_conditional=[
+            {
+                "if": {"filter_query": '{status} = "broken"'},
+                "backgroundColor": "#fde2e1",
+            },
+            {
+                "if": {"filter_query": '{status} = "running"'},
+                "backgroundColor": "#e6f4ea",
+            },
+        ],
+    )
+
+
 @callback(
     Output("runs-table", "data"),
+    Output("runs-table", "columns"),
     Output("runs-counts", "children"),
     Output("runs-progress", "figure"),
     Output("runs-fp", "data"),
@@ -104,17 +124,19 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
 def refresh(experiment, _ticks, last_fp, zoom):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
+    columns = (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)
     if experiment is None:
-        return [], "", figures.progress_figure({}, "eval_acc"), None
+        empty = figures.runs_table_columns([], columns)
+        return [], empty, "", figures.progress_figure({}, "eval_acc"), None
     fp = data.fingerprint(root, experiment)
     if fp == last_fp:
-        return no_update, no_update, no_update, no_update  # nothing changed on disk
+        return no_update, no_update, no_update, no_update, no_update  # nothing changed on disk
     view = data.runs_view(root, experiment, fp)
     figure = view["figure"]
     if dash.ctx.triggered_id == "runs-interval":
         figure = figures.keep_view(go.Figure(figure), zoom)  # keep the user's zoom
     rows = figures.with_predictions(view["rows"], data.runs_predictions(root, experiment, fp))
-    return rows, view["counts"], figure, fp
+    return rows, figures.runs_table_columns(rows, columns), view["counts"], figure, fp
 
 
 @callback(

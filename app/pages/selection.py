@@ -8,12 +8,11 @@ the fit in a background process with a progress bar.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import components, data, evidence
+from app import components, data, evidence, figures
+from trainer.errors import UserError
 
 try:  # "Fit now" runs in a background process managed through diskcache
     import diskcache  # noqa: F401
@@ -27,13 +26,14 @@ dash.register_page(
 )
 
 
-def layout(experiment=None, n=None, run=None, metric=None, **_):
+def layout(experiment=None, n=None, run=None, metric=None, **query):
     root = data.current_root()
+    requested = experiment
     experiment = data.default_experiment(root, experiment)
     return html.Div(
         [
             components.query_store(
-                "selection", {"experiment": experiment, "run": run, "metric": metric}
+                "selection", {**query, "experiment": experiment, "run": run, "metric": metric}
             ),
             dcc.Store(id="selection-n", data=n),
             dcc.Store(id="selection-fitted", data=0),
@@ -43,8 +43,15 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 ),
                 className="controls",
             ),
-            html.Div(id="selection-info"),
-            dcc.Graph(id="selection-graph", config={"displaylogo": False}),
+            components.missing_notice(root, requested, experiment, run),
+            dcc.Loading(
+                [
+                    html.Div(id="selection-info"),
+                    dcc.Graph(id="selection-graph", config={"displaylogo": False}),
+                ],
+                type="default",
+                delay_show=300,
+            ),
             html.Div(
                 [
                     html.P(id="selection-missing"),
@@ -54,6 +61,8 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                             html.Button("Fit now", id="selection-fit"),
                             html.Progress(id="selection-progress", value="0", max="1"),
                             html.Span(id="selection-fit-status", className="muted"),
+                            # The analysis's own message when the fit fails, and what to do.
+                            html.Div(id="selection-fit-error"),
                         ],
                         style={} if CAN_FIT_HERE else {"display": "none"},
                     ),
@@ -78,8 +87,9 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
     Input("selection-graph", "clickData"),
     Input("selection-fitted", "data"),
     State("selection-n", "data"),
+    State("app-query", "data"),
 )
-def render(experiment, click, _fitted, chosen):
+def render(experiment, click, _fitted, chosen, query):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     hidden, shown = {"display": "none"}, {}
@@ -96,6 +106,7 @@ def render(experiment, click, _fitted, chosen):
     if dash.ctx.triggered_id == "selection-graph" and click:
         chosen = data.parse_n(click["points"][0].get("x"), ns, chosen)
     params = overview["params"]
+    bad = figures.infeasible_ns(overview["sweep"])
     info = html.Div(
         [
             components.fit_warnings(root, experiment, overview),
@@ -104,13 +115,25 @@ def render(experiment, click, _fitted, chosen):
                     f"Selected by {params.get('criterion', 'the criterion')}: n = {selected}. ",
                     html.Strong(f"Showing n = {chosen}", id="selection-chosen"),
                     " (click a point to choose another). ",
+                    # Keeps the whole view (run, metric, ...), not only n; the
+                    # app-nav id lets main.py's URL sync update it later too.
                     dcc.Link(
                         "Open the training map",
-                        href="/map?" + urlencode({"experiment": experiment, "n": chosen}),
-                        id="selection-map-link",
+                        href=components.page_href("/map", query, experiment=experiment, n=chosen),
+                        id={"type": "app-nav", "path": "/map", "from": "selection"},
+                        className="selection-map-link",
                     ),
                 ]
             ),
+            html.P(
+                "Not fitted: "
+                + "; ".join(f"n = {k} ({reason})" for k, reason in bad)
+                + ". Marked × on the chart.",
+                id="selection-infeasible",
+                className="muted",
+            )
+            if bad
+            else None,
             html.P(
                 evidence.n_distribution_words(overview.get("bootstrap"), selected),
                 id="selection-uncertainty",
@@ -150,27 +173,53 @@ def _progress_reporter(set_progress):
     return report
 
 
+def fit_failed(root: str, experiment: str, error: Exception) -> html.Div:
+    """The analysis's message for a failed fit, and what a user can change."""
+    return html.Div(
+        [
+            html.P(f"The fit failed: {error}", className="warning", id="selection-fit-message"),
+            html.P(
+                "What to do: train longer runs (more checkpoints per run) or more seeds, "
+                "model fewer features (--features) or fewer states (--max-states). "
+                "From a shell, to see every detail:"
+            ),
+            html.Pre(data.fit_command(root, experiment), className="command"),
+        ],
+        className="error-box",
+    )
+
+
 def fit_now(set_progress, clicks, experiment):
     """Fit the experiment with the default parameters, in a separate process.
 
     The root comes from the server (``data.BACKGROUND``), never from the browser;
-    the experiment name is checked against what exists under it.
+    the experiment name is checked against what exists under it. A fit the data
+    cannot support (analysis raises ValueError, e.g. "too few points") or a
+    user error comes back as a message, not as a failed request.
     """
     import analysis  # only needed here; keeps page import cheap
 
     root = data.BACKGROUND["root"]
     experiment = data.valid_experiment(root, experiment)
     if experiment is None:
-        return dash.no_update
+        return dash.no_update, html.P("This experiment no longer exists.", className="warning")
     set_progress(("0", "100", "preparing the runs..."))
     params = data.BACKGROUND.get("fit_params", {})
-    analysis.fit_experiment(root, experiment, progress=_progress_reporter(set_progress), **params)
-    return clicks  # a new value makes render() reload: the fit is on disk now
+    try:
+        analysis.fit_experiment(
+            root, experiment, progress=_progress_reporter(set_progress), **params
+        )
+    except (ValueError, UserError) as error:
+        set_progress(("0", "100", "fit failed"))
+        return dash.no_update, fit_failed(root, experiment, error)
+    # A new value makes render() reload: the fit is on disk now.
+    return clicks, None
 
 
 if CAN_FIT_HERE:
     callback(
         Output("selection-fitted", "data"),
+        Output("selection-fit-error", "children"),
         Input("selection-fit", "n_clicks"),
         State("selection-experiment", "value"),
         background=True,

@@ -22,12 +22,14 @@ dash.register_page(
 )
 
 
-def layout(experiment=None, n=None, run=None, metric=None, **_):
+def layout(experiment=None, n=None, run=None, metric=None, **query):
     root = data.current_root()
+    requested = experiment
     experiment = data.default_experiment(root, experiment)
     return html.Div(
         [
-            components.query_store("map", {"experiment": experiment, "metric": metric}),
+            components.query_store("map", {**query, "experiment": experiment, "metric": metric}),
+            components.missing_notice(root, requested, experiment, run),
             dcc.Store(id="map-n-request", data=n),
             dcc.Store(id="map-run-request", data=run),
             html.Div(
@@ -50,17 +52,25 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
             ),
             html.Div(
                 [
-                    html.Div(
-                        cyto.Cytoscape(
-                            id="map-graph",
-                            elements=[],
-                            layout={"name": "preset", "fit": True, "padding": 40},
-                            stylesheet=figures.map_stylesheet(),
-                            style={"width": "100%", "height": "520px"},
-                            minZoom=0.2,
-                            maxZoom=4,
+                    # The spinner covers the map only while its elements load
+                    # (not on hover restyles) and leaves it mounted and visible.
+                    dcc.Loading(
+                        html.Div(
+                            cyto.Cytoscape(
+                                id="map-graph",
+                                elements=[],
+                                layout={"name": "preset", "fit": True, "padding": 40},
+                                stylesheet=figures.map_stylesheet(),
+                                style={"width": "100%", "height": "520px"},
+                                minZoom=0.2,
+                                maxZoom=4,
+                            ),
+                            className="map-canvas",
                         ),
-                        className="map-canvas",
+                        target_components={"map-graph": "elements"},
+                        overlay_style={"visibility": "visible", "opacity": 0.6},
+                        delay_show=300,
+                        parent_className="map-canvas-wrap",
                     ),
                     html.Div(
                         [
@@ -75,8 +85,12 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                                 [
                                     html.P("Legend", className="legend-title"),
                                     html.P("green ring: start state; double ring: end state"),
-                                    html.P("dashed square: detour state"),
-                                    html.P("node size: occupancy; edge width: probability"),
+                                    html.P("rounded square: detour state"),
+                                    html.P("orange halo: the highlighted run's states"),
+                                    html.P(
+                                        "node size: occupancy; edge label and width: "
+                                        "probability per checkpoint"
+                                    ),
                                     html.P("faded: found in few bootstrap resamples of the runs"),
                                 ],
                                 className="legend",
@@ -87,8 +101,13 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 ],
                 className="map-row",
             ),
-            html.Div(id="map-evidence", className="evidence"),
-            dcc.Graph(id="map-selection", config={"displaylogo": False}),
+            dcc.Loading(
+                [
+                    html.Div(id="map-evidence", className="evidence"),
+                    dcc.Graph(id="map-selection", config={"displaylogo": False}),
+                ],
+                delay_show=300,
+            ),
         ]
     )
 
@@ -200,25 +219,69 @@ def show_evidence(experiment, n):
     ]
 
 
-@callback(Output("map-hover-edge", "children"), Input("map-graph", "mouseoverEdgeData"))
-def hover_edge(edge):
-    if not edge:
-        return html.P("Edge: hover one to see the features driving it.", className="muted")
+EDGE_PROMPT = "Edge: hover one to see the features driving it."
+NODE_PROMPT = "State: hover one to see its feature profile."
+
+
+@callback(
+    Output("map-hover-edge", "children"),
+    Output("map-hover-node", "children"),
+    Output("map-graph", "stylesheet"),
+    Input("map-graph", "mouseoverEdgeData"),
+    Input("map-graph", "mouseoverNodeData"),
+    Input("map-graph", "elements"),
+)
+def hover(edge, node, elements):
+    """One panel at a time: the element hovered last, highlighted with its
+    neighbours; a new map (another n or experiment) clears both."""
+    trigger = dash.ctx.triggered_id and dash.ctx.triggered[0]["prop_id"].split(".")[-1]
+    ids = {e["data"]["id"] for e in elements or []}
+    if trigger == "mouseoverEdgeData" and edge and edge.get("id") in ids:
+        focus = figures.neighbourhood(elements, edge["id"])
+        return (
+            edge_panel(edge),
+            html.P(NODE_PROMPT, className="muted"),
+            figures.map_stylesheet(focus, edge["id"]),
+        )
+    if trigger == "mouseoverNodeData" and node and node.get("id") in ids:
+        focus = figures.neighbourhood(elements, node["id"])
+        return (
+            html.P(EDGE_PROMPT, className="muted"),
+            node_panel(node),
+            figures.map_stylesheet(focus, node["id"]),
+        )
+    return (
+        html.P(EDGE_PROMPT, className="muted"),
+        html.P(NODE_PROMPT, className="muted"),
+        figures.map_stylesheet(),
+    )
+
+
+def edge_panel(edge: dict) -> list:
     conv = edge.get("mean_convergence_epoch")
     rows = [
         html.Tr(
             [
                 html.Td(f["feature"]),
                 html.Td(f["arrow"], className="arrow"),
-                html.Td(f"{f['delta_z']:+.2f} z"),
+                html.Td(f"{f['delta_z']:+.2f} z", className="num"),
             ]
         )
         for f in edge.get("features", [])
     ]
+    source, target = edge["source"].upper(), edge["target"].upper()
+    runs = figures.plural(edge["n_runs"], "run")
     return [
-        html.H5(f"{edge['source'].upper()} → {edge['target'].upper()}  (p = {edge['prob']:.3f})"),
+        html.H5(f"{source} → {target}  (p = {figures.prob_text(edge['prob'])})"),
         html.P(
-            f"{edge['n_runs']} runs take it ({edge['n_transitions']} times); "
+            f"p is the chance, per checkpoint, that a run in {source} is in {target} "
+            "at the next checkpoint.",
+            className="muted",
+            id="map-edge-prob",
+        ),
+        html.P(
+            f"{runs} {'takes' if edge['n_runs'] == 1 else 'take'} it "
+            f"({figures.plural(edge['n_transitions'], 'time')}); "
             f"their mean convergence epoch: {f'{conv:.1f}' if conv is not None else 'n/a'}"
         ),
         html.P(edge.get("stability_text", ""), className="muted", id="map-edge-stability"),
@@ -231,10 +294,7 @@ def hover_edge(edge):
     ]
 
 
-@callback(Output("map-hover-node", "children"), Input("map-graph", "mouseoverNodeData"))
-def hover_node(node):
-    if not node:
-        return html.P("State: hover one to see its feature profile.", className="muted")
+def node_panel(node: dict) -> list:
     marks = [
         name
         for name, on in (
@@ -244,7 +304,10 @@ def hover_node(node):
         )
         if on
     ]
-    rows = [html.Tr([html.Td(p["feature"]), html.Td(f"{p['z']:+.2f} z")]) for p in node["profile"]]
+    rows = [
+        html.Tr([html.Td(p["feature"]), html.Td(f"{p['z']:+.2f} z", className="num")])
+        for p in node["profile"]
+    ]
     return [
         html.H5(
             f"{node['label']}" + (f" ({', '.join(marks)})" if marks else ""),
@@ -252,12 +315,15 @@ def hover_node(node):
         ),
         html.P(
             f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
-            f"visited by {node['visited_runs']} runs"
+            f"visited by {figures.plural(node['visited_runs'], 'run')}"
         ),
         html.P(node.get("detour_text", ""), id="map-node-detour"),
         html.P(node.get("stability_text", ""), className="muted", id="map-node-stability"),
         html.Table(
-            [html.Tbody(rows)],
+            [
+                html.Thead(html.Tr([html.Th("feature"), html.Th("mean (z)")])),
+                html.Tbody(rows),
+            ],
             className="features",
             id="map-node-profile",
         ),

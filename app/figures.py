@@ -665,13 +665,24 @@ def metric_figure(
             )
         )
     if run_frame is not None and len(run_frame) and metric in run_frame:
+        epochs = run_frame["epoch"].to_numpy()
+        name = run_name or "run"
+        # Hover: the run, its value and the state it was decoded in at that epoch.
+        decoded = {}
+        if states is not None:
+            decoded = {float(e): f"S{int(k)}" for e, k in zip(states[0], states[1])}
+        state_text = [decoded.get(float(e), "not decoded") for e in epochs]
         fig.add_trace(
             go.Scatter(
-                x=run_frame["epoch"].to_numpy(),
+                x=epochs,
                 y=smooth(run_frame[metric], smoothing),
                 mode="lines",
                 line={"color": "#111", "width": 2},
-                name=run_name or "run",
+                name=name,
+                customdata=state_text,
+                hovertemplate=(
+                    f"{name}<br>{metric} %{{y:.4g}}<br>state %{{customdata}}<extra></extra>"
+                ),
             )
         )
     shapes = []

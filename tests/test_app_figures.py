@@ -187,3 +187,90 @@ def test_keep_view_reapplies_a_users_zoom_and_forgets_it_on_reset():
     reset = figures.keep_view(fresh, {"xaxis.autorange": True, "yaxis.autorange": True})
     assert reset.layout.xaxis.range is None
     assert figures.keep_view(fresh, None) is fresh
+
+
+def test_selection_figure_marks_infeasible_n_with_the_reason(fit):
+    sweep = fit.sweep.copy()
+    reason = "too few points: 60 train rows for 92 parameters"
+    sweep["feasible"] = sweep["n"] != 4
+    sweep["error"] = np.where(sweep["n"] == 4, reason, "")
+    sweep.loc[sweep["n"] == 4, ["bic_mean", "aic_mean", "heldout_ll_mean"]] = np.nan
+    assert figures.infeasible_ns(sweep) == [(4, reason)]
+    figure = figures.selection_figure(sweep, 3)
+    crosses = next(t for t in figure.data if t.name == "infeasible n")
+    assert list(crosses.x) == [4] and list(crosses.text) == [reason]
+    assert "%{text}" in crosses.hovertemplate
+    # Axis titles on both panels, and room above the subplot titles for the toolbar.
+    assert figure.layout.yaxis.title.text and figure.layout.yaxis2.title.text
+    assert figure.layout.xaxis.title.text == "number of states n"
+    assert figure.layout.margin.t >= 60
+    assert figures.infeasible_ns(fit.sweep) == []  # a sweep without failures: no crosses
+    assert "infeasible n" not in [t.name for t in figures.selection_figure(fit.sweep, 3).data]
+
+
+def test_runs_table_columns_hide_empty_ones_and_type_numbers():
+    rows = [
+        {"run": "a", "status": "completed", "reason": "", "seed": 1, "task": "",
+         "checkpoints": 5, "last_epoch": 4, "final_eval_acc": 0.9877, "convergence_epoch": None},
+        {"run": "b", "status": "broken", "reason": "no meta.json", "seed": None, "task": None,
+         "checkpoints": 0, "last_epoch": None, "final_eval_acc": None, "convergence_epoch": None},
+    ]  # fmt: skip
+    columns = figures.runs_table_columns(rows, (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN))
+    ids = [c["id"] for c in columns]
+    assert ids == ["run", "status", "reason", "seed", "checkpoints", "last_epoch", "final_eval_acc"]
+    by_id = {c["id"]: c for c in columns}
+    assert by_id["final_eval_acc"]["type"] == "numeric"
+    assert by_id["final_eval_acc"]["format"] == {"specifier": ".4f"}
+    assert by_id["checkpoints"]["format"] == {"specifier": ".0f"}
+    assert "type" not in by_id["reason"]
+    # No rows at all: the header keeps run and status.
+    assert [c["id"] for c in figures.runs_table_columns([], figures.RUNS_COLUMNS)] == [
+        "run",
+        "status",
+    ]
+
+
+def test_map_stylesheet_focus_neighbours_and_marks_that_combine(fit):
+    elements = figures.map_elements(fit.map(4))
+    # The synthetic graph: 0 -> 1 -> 3 and the detour 0 -> 2 -> 1.
+    assert set(figures.neighbourhood(elements, "e0-2")) == {"e0-2", "s0", "s2"}
+    assert set(figures.neighbourhood(elements, "s2")) == {"s2", "e0-2", "e2-1", "s0", "s1"}
+    assert figures.neighbourhood(elements, "s9") == []
+    plain = figures.map_stylesheet()
+    assert not any(rule["selector"] == "node, edge" for rule in plain)
+    focused = figures.map_stylesheet(figures.neighbourhood(elements, "s2"), "s2")
+    fade = next(rule for rule in focused if rule["selector"] == "node, edge")
+    assert fade["style"]["opacity"] < 0.5
+    keep = focused[focused.index(fade) + 1]
+    assert all(f'[id = "{i}"]' in keep["selector"] for i in ("s2", "e0-2", "e2-1", "s0", "s1"))
+    assert '[id = "s3"]' not in keep["selector"]
+    assert focused[-1]["selector"] == '[id = "s2"]'
+    # Start, end and detour each set a different property, so all three show on one node.
+    marks = {rule["selector"]: set(rule["style"]) for rule in plain}
+    assert marks["node.start"] == {"border-width", "border-color"}
+    assert marks["node.end"] == {"border-style", "border-width"}
+    assert marks["node.detour"] == {"shape"}
+    # The highlighted run's halo never touches the ring; its label keeps a white outline.
+    onpath = next(rule["style"] for rule in plain if rule["selector"] == "node.onpath")
+    assert not any(key.startswith("border") or key == "color" for key in onpath)
+    node = next(rule["style"] for rule in plain if rule["selector"] == "node")
+    assert node["text-outline-color"] == "#fff" and node["text-outline-width"] >= 3
+
+
+def test_counts_and_probabilities_read_the_same_everywhere():
+    assert figures.plural(1, "run") == "1 run" and figures.plural(2, "run") == "2 runs"
+    assert figures.plural(0, "time") == "0 times"
+    assert figures.prob_text(0.05) == "0.050" and figures.prob_text(0.1234) == "0.123"
+
+
+def test_curve_hover_shows_run_value_and_state():
+    epochs = [0, 1, 2, 3]
+    frame = pd.DataFrame({"epoch": epochs, "l2": [1.0, 2, 3, 4]})
+    fig = figures.metric_figure(
+        "l2", run_frame=frame, run_name="seed-0", states=([0, 1, 2], [0, 0, 2])
+    )
+    run = next(t for t in fig.data if t.name == "seed-0")
+    assert list(run.customdata) == ["S0", "S0", "S2", "not decoded"]
+    assert "seed-0" in run.hovertemplate and "l2 %{y" in run.hovertemplate
+    assert "state %{customdata}" in run.hovertemplate
+    assert fig.layout.xaxis.title.text == "epoch" and fig.layout.yaxis.title.text == "l2"

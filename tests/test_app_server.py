@@ -314,3 +314,61 @@ def test_serve_command(fitted_root, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+    # The address and how to stop stay on screen: no line per request by default.
+    output = server.stdout.read().decode()
+    assert f"http://127.0.0.1:{port}/" in output and "Ctrl-C to stop" in output
+    assert "GET /health" not in output and "GET /map" not in output
+
+
+def test_serve_access_log_option(fitted_root, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TRAINMAP_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("TRAINMAP_CACHE_REDIS_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "serve", "--root", str(fitted_root),
+         "--port", str(port), "--access-log"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert "GET /health" in server.stdout.read().decode()
+
+
+def test_fit_now_shows_the_analysis_message_when_the_fit_fails(tmp_path):
+    """Runs far too short for the features: analysis raises, the page says why."""
+    from app.main import create_app
+
+    root = tmp_path / "root"
+    root.mkdir()
+    make_root(root, n_runs=3, n_checkpoints=4, experiment="short")
+    params = {"max_states": 2, "restarts": 1, "workers": 1}
+    create_app(root, cache_dir=tmp_path / "cache", fit_params=params)
+    from app.pages import selection
+
+    progress = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted, error = selection.fit_now(progress.append, 1, "short")
+    assert fitted is dash_no_update()
+    text = json.dumps(error.to_plotly_json(), default=lambda c: c.to_plotly_json())
+    assert "The fit failed: every fit failed" in text and "too few points" in text
+    assert "What to do" in text and f"trainmap fit {root.resolve() / 'short'}" in text
+    assert progress[-1][2] == "fit failed"
+    assert not (root / "short" / ".fits").exists() or not any((root / "short" / ".fits").iterdir())
+
+
+def dash_no_update():
+    import dash
+
+    return dash.no_update

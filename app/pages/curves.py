@@ -27,12 +27,15 @@ dash.register_page(
 REFRESH_MS = 3000
 
 
-def layout(experiment=None, n=None, run=None, metric=None, **_):
+def layout(experiment=None, n=None, run=None, metric=None, seeds=None, log=None, smooth=None, **_):
     root = data.current_root()
+    requested = experiment
     experiment = data.default_experiment(root, experiment)
+    options, smoothing = view_options(seeds, log, smooth)
     return html.Div(
         [
             components.query_store("curves", {"experiment": experiment}),
+            components.missing_notice(root, requested, experiment, run),
             dcc.Store(id="curves-request", data={"n": n, "run": run, "metric": metric}),
             html.Div(
                 [
@@ -62,7 +65,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                             {"label": " all seeds (mean ± std)", "value": "band"},
                             {"label": " log y", "value": "log"},
                         ],
-                        value=["band"],
+                        value=options,
                         inline=True,
                     ),
                     components.label(
@@ -72,7 +75,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                             min=1,
                             max=51,
                             step=2,
-                            value=1,
+                            value=smoothing,
                             marks={1: "off", 11: "11", 25: "25", 51: "51"},
                         ),
                     ),
@@ -83,18 +86,35 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
             ),
             html.Div(id="curves-message"),
             html.P(id="curves-prediction", className="hint"),
-            dcc.Graph(
-                id="curves-graph",
-                # PNG export from the modebar (Plotly's toImage) at a useful size.
-                config={
-                    "displaylogo": False,
-                    "toImageButtonOptions": {"format": "png", "filename": "trainmap-curve"},
-                },
+            dcc.Loading(
+                dcc.Graph(
+                    id="curves-graph",
+                    # PNG export from the modebar (Plotly's toImage) at a useful size.
+                    config={
+                        "displaylogo": False,
+                        "toImageButtonOptions": {"format": "png", "filename": "trainmap-curve"},
+                    },
+                ),
+                delay_show=300,
             ),
             dcc.Store(id="curves-fp"),
             dcc.Interval(id="curves-interval", interval=REFRESH_MS),
         ]
     )
+
+
+def view_options(seeds, log, smooth) -> tuple[list[str], int]:
+    """The checklist's values and the smoothing from the URL (``seeds=0``,
+    ``log=1``, ``smooth=11``); missing or invalid values give the defaults."""
+    options = [] if str(seeds) == "0" else ["band"]
+    if str(log) == "1":
+        options.append("log")
+    try:
+        smoothing = int(smooth)
+    except (TypeError, ValueError):
+        smoothing = 1
+    smoothing = smoothing if 1 <= smoothing <= 51 and smoothing % 2 == 1 else 1
+    return options, smoothing
 
 
 @callback(
@@ -191,12 +211,21 @@ def draw(experiment, metric, run, n, options, smoothing, _ticks, last_fp):
     Input("curves-metric", "value"),
     Input("curves-run", "value"),
     Input("curves-n", "value"),
+    Input("curves-options", "value"),
+    Input("curves-smoothing", "value"),
     State("curves-query", "data"),
     State("app-query", "data"),
     prevent_initial_call="initial_duplicate",
 )
-def sync_query(experiment, metric, run, n, incoming, current):
-    own = {"experiment": experiment}
+def sync_query(experiment, metric, run, n, options, smoothing, incoming, current):
+    options = options or []
+    # Only settings that differ from the defaults go into the URL.
+    own = {
+        "experiment": experiment,
+        "seeds": None if "band" in options else "0",
+        "log": "1" if "log" in options else None,
+        "smooth": smoothing if smoothing and int(smoothing) > 1 else None,
+    }
     for key, value in (("metric", metric), ("n", n)):
         if value is not None:
             own[key] = value

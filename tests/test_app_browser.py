@@ -410,3 +410,224 @@ def test_experiment_without_fit_shows_command_and_fits_from_the_ui(dash_duo, tmp
     dash_duo.wait_for_element("#map-graph canvas", timeout=10)
     wait_for(lambda: cy_count(dash_duo, "node") >= 1, message="the new fit's map")
     assert_no_console_errors(dash_duo)
+
+
+def cy_style(dash_duo, element_id: str, prop: str):
+    return dash_duo.driver.execute_script(
+        "const cy = document.getElementById('map-graph')._cyreg.cy;"
+        "return cy.getElementById(arguments[0]).style(arguments[1]);",
+        element_id,
+        prop,
+    )
+
+
+def emit_mouseover(dash_duo, element_id: str):
+    dash_duo.driver.execute_script(
+        "document.getElementById('map-graph')._cyreg.cy.getElementById(arguments[0])"
+        ".emit('mouseover');",
+        element_id,
+    )
+
+
+def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app):
+    from app import figures
+
+    app, truth, fit = dash_app
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(app)
+    dash_duo.driver.get(f"{dash_duo.server_url}/map?experiment={EXPERIMENT}")
+    tmap = fit.map()
+    wait_map(dash_duo, nodes=len(tmap.states), edges=len(tmap.edges))
+    edge = max(tmap.edges, key=lambda e: e.n_runs)
+    edge_id = f"e{edge.source}-{edge.target}"
+    # The probability reads the same on the edge and in the panel, explained.
+    assert dash_duo.driver.execute_script(
+        "return document.getElementById('map-graph')._cyreg.cy.getElementById(arguments[0])"
+        ".data('label');",
+        edge_id,
+    ) == figures.prob_text(edge.prob)
+
+    # Hover a node: it and its neighbours stay, the rest fades.
+    node = tmap.states[0].state
+    emit_mouseover(dash_duo, f"s{node}")
+    dash_duo.wait_for_contains_text("#map-hover-node", "occupancy", timeout=5)
+    near = {f"s{node}"}
+    for e in tmap.edges:
+        if node in (e.source, e.target):
+            near |= {f"e{e.source}-{e.target}", f"s{e.source}", f"s{e.target}"}
+    far = [f"s{s.state}" for s in tmap.states if f"s{s.state}" not in near]
+    far += [f"e{e.source}-{e.target}" for e in tmap.edges if f"e{e.source}-{e.target}" not in near]
+    wait_for(lambda: float(cy_style(dash_duo, f"s{node}", "font-size")[:-2]) == 20, message="focus")
+    # Kept at their own opacity (edges are drawn at 0.75 without a bootstrap).
+    assert far and all(float(cy_style(dash_duo, i, "opacity")) < 0.5 for i in far)
+    assert all(float(cy_style(dash_duo, i, "opacity")) >= 0.75 for i in near)
+    # Counts are pluralised.
+    visited = tmap.states[0].visited_runs
+    assert (
+        f"visited by {figures.plural(visited, 'run')}"
+        in dash_duo.find_element("#map-hover-node").text
+    )
+
+    # Then an edge: the node panel clears, the edge panel shows p per checkpoint.
+    emit_mouseover(dash_duo, edge_id)
+    dash_duo.wait_for_contains_text("#map-hover-edge", f"p = {figures.prob_text(edge.prob)}")
+    text = dash_duo.find_element("#map-hover-edge").text
+    assert "per checkpoint" in text and f"{figures.plural(edge.n_runs, 'run')} take" in text
+    dash_duo.wait_for_text_to_equal(
+        "#map-hover-node", "State: hover one to see its feature profile."
+    )
+    wait_for(
+        lambda: (
+            float(cy_style(dash_duo, f"s{edge.source}", "opacity")) == 1
+            and all(
+                float(cy_style(dash_duo, f"s{s.state}", "opacity")) < 0.5
+                for s in tmap.states
+                if s.state not in (edge.source, edge.target)
+            )
+        ),
+        message="the edge's neighbourhood",
+    )
+    # Feature rows are listed by the change they show, largest first.
+    changes = [
+        abs(float(td.text.split()[0]))
+        for td in dash_duo.driver.find_elements(By.CSS_SELECTOR, "#map-edge-features td.num")
+    ]
+    assert changes and changes == sorted(changes, reverse=True)
+    assert_no_console_errors(dash_duo)
+
+
+def test_url_keeps_every_view_setting_and_missing_links_say_so(dash_duo, dash_app):
+    app, truth, fit = dash_app
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(app)
+    base = dash_duo.server_url
+    view = {
+        "experiment": EXPERIMENT,
+        "n": "3",
+        "run": "seed-2",
+        "metric": "l2",
+        "seeds": "0",
+        "log": "1",
+        "smooth": "11",
+    }
+    dash_duo.driver.get(f"{base}/curves?" + "&".join(f"{k}={v}" for k, v in view.items()))
+    is_log = (
+        "const g = document.querySelector('#curves-graph .js-plotly-plot');"
+        "return g && g.layout && g.layout.yaxis && g.layout.yaxis.type === 'log'"
+        " && !g.data.some(t => t.name === 'all seeds mean');"
+    )
+    wait_for(lambda: dash_duo.driver.execute_script(is_log), message="log y, no band")
+    wait_for(lambda: query(dash_duo) == view, message="every setting in the URL")
+    # Turn log y off: the URL follows; a reload keeps it.
+    log_box = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#curves-options input")[1]
+    log_box.click()
+    wait_for(lambda: "log" not in query(dash_duo), message="log off in the URL")
+    dash_duo.driver.refresh()
+    dash_duo.wait_for_contains_text("#curves-run", "seed-2", timeout=10)
+    boxes = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#curves-options input")
+    assert [b.is_selected() for b in boxes] == [False, False]
+    expected = {k: v for k, v in view.items() if k != "log"}
+    wait_for(lambda: query(dash_duo) == expected, message="the view after reload")
+
+    # Every page carries the whole view: the nav, the runs page's links, the
+    # selection page's "Open the training map".
+    nav(dash_duo, "Runs")
+    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
+    links = dash_duo.driver.find_elements(By.CSS_SELECTOR, ".hint a")
+    wait_for(
+        lambda: all(
+            {k: v[0] for k, v in parse_qs(urlparse(a.get_attribute("href")).query).items()}
+            == expected
+            for a in links
+        ),
+        message="in-page links keep the view",
+    )
+    nav(dash_duo, "Model selection")
+    link = dash_duo.wait_for_element(".selection-map-link", timeout=10)
+    wait_for(lambda: "smooth=11" in link.get_attribute("href"), message="selection link")
+    link.click()
+    tmap = fit.map(3)
+    wait_map(dash_duo, nodes=3, edges=len(tmap.edges))
+    wait_for(lambda: query(dash_duo) == expected, message="the map keeps the view")
+
+    # Links to things that are not there say so, then show what exists.
+    dash_duo.driver.get(f"{base}/map?experiment=nope&run=seed-1")
+    dash_duo.wait_for_contains_text("#missing-notice", "No experiment named “nope”", timeout=10)
+    assert f"showing {EXPERIMENT} instead" in dash_duo.find_element("#missing-notice").text
+    dash_duo.driver.get(f"{base}/curves?experiment={EXPERIMENT}&run=seed-99")
+    dash_duo.wait_for_contains_text("#missing-notice", "No run named “seed-99”", timeout=10)
+    dash_duo.driver.get(f"{base}/curves?experiment={EXPERIMENT}&run=seed-1")
+    dash_duo.wait_for_contains_text("#curves-run", "seed-1", timeout=10)
+    assert dash_duo.find_element("#missing-notice").text == ""
+    assert_no_console_errors(dash_duo)
+
+
+def test_usable_at_800_px(dash_duo, dash_app):
+    app, truth, fit = dash_app
+    dash_duo.driver.set_window_size(800, 900)
+    dash_duo.start_server(app)
+    base = dash_duo.server_url
+    # Runs: proportional font, numbers right-aligned, empty columns left out.
+    dash_duo.wait_for_contains_text("#runs-table", "seed-broken", timeout=10)
+    header = dash_duo.find_element("#runs-table").text
+    assert "predicted convergence" not in header  # every run completed: no prediction
+    cell = dash_duo.driver.find_element(
+        By.CSS_SELECTOR, "#runs-table td[data-dash-column=checkpoints]"
+    )
+    assert cell.value_of_css_property("text-align") == "right"
+    assert "mono" not in cell.value_of_css_property("font-family").lower()
+    run_cell = dash_duo.driver.find_element(By.CSS_SELECTOR, "#runs-table td[data-dash-column=run]")
+    assert run_cell.value_of_css_property("text-align") == "left"
+
+    # Map: full width, the panel below it, nothing wider than the window.
+    dash_duo.driver.get(f"{base}/map?experiment={EXPERIMENT}")
+    wait_map(dash_duo, nodes=fit.selected_n, edges=len(fit.map().edges))
+    rects = dash_duo.driver.execute_script(
+        "const r = s => document.querySelector(s).getBoundingClientRect();"
+        "return [r('#map-graph'), r('.map-side'), document.documentElement.scrollWidth,"
+        " window.innerWidth];"
+    )
+    graph, side, scroll_width, inner = rects
+    assert graph["width"] > 0.8 * inner and side["top"] >= graph["bottom"] - 1
+    assert scroll_width <= inner
+
+    # Selection: Plotly's toolbar sits above the subplot titles, not over them.
+    dash_duo.driver.get(f"{base}/selection?experiment={EXPERIMENT}")
+    dash_duo.wait_for_element("#selection-graph .modebar", timeout=10)
+    modebar, titles = dash_duo.driver.execute_script(
+        "const g = document.querySelector('#selection-graph');"
+        "const titles = [...g.querySelectorAll('.annotation-text')]"
+        ".map(t => t.getBoundingClientRect().top);"
+        "return [g.querySelector('.modebar').getBoundingClientRect().bottom, Math.min(...titles)];"
+    )
+    assert modebar <= titles
+    assert_no_console_errors(dash_duo)
+
+
+def test_empty_root_and_failed_fit_say_so(dash_duo, tmp_path):
+    """An empty root: messages, no empty axes. Then runs too short for the
+    features: "Fit now" shows the analysis's message and what to do."""
+    from app.main import create_app
+
+    root = tmp_path / "root"
+    root.mkdir()
+    params = {"max_states": 2, "restarts": 1, "workers": 1}
+    dash_duo.driver.set_window_size(1400, 1000)
+    dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache", fit_params=params))
+    dash_duo.wait_for_contains_text(".content", "No experiments under", timeout=10)
+    assert not dash_duo.find_element("#runs-progress").is_displayed()
+    assert not dash_duo.find_element("#runs-table").is_displayed()
+    nav(dash_duo, "Model selection")
+    dash_duo.wait_for_contains_text("#selection-info", "No experiments under", timeout=10)
+    assert not dash_duo.find_element("#selection-graph").is_displayed()
+
+    make_root(root, n_runs=3, n_checkpoints=4, experiment="short")
+    dash_duo.driver.get(f"{dash_duo.server_url}/selection?experiment=short")
+    dash_duo.wait_for_contains_text("#selection-command", "trainmap fit", timeout=10)
+    dash_duo.find_element("#selection-fit").click()
+    dash_duo.wait_for_contains_text("#selection-fit-message", "too few points", timeout=90)
+    assert "The fit failed" in dash_duo.find_element("#selection-fit-message").text
+    assert "What to do" in dash_duo.find_element("#selection-fit-error").text
+    assert dash_duo.find_element("#selection-fit-status").text == "fit failed"
+    assert dash_duo.find_element("#selection-fit").is_enabled()  # one can try again
+    assert_no_console_errors(dash_duo)

@@ -285,8 +285,9 @@ def selection_figure(
     fig.update_layout(
         height=height,
         # Room above the subplot titles for Plotly's toolbar (it never covers them).
-        margin={"l": 60, "r": 20, "t": 70, "b": 40},
-        legend={"orientation": "h", "y": -0.22},
+        margin={"l": 60, "r": 20, "t": 70, "b": 90},
+        # Below the axis titles (anchored by its top edge), markers at one size.
+        legend={"orientation": "h", "y": -0.2, "yanchor": "top", "itemsizing": "constant"},
         clickmode="event",
         hovermode="closest",
         template="plotly_white",
@@ -534,7 +535,7 @@ def map_stylesheet(focus: Sequence[str] = (), hovered: str | None = None) -> lis
                 "curve-style": "bezier",
                 "opacity": "data(opacity)",
                 "label": "data(label)",
-                "font-size": 12,
+                "font-size": 14,
                 "text-background-color": "#fff",
                 "text-background-opacity": 0.8,
                 "text-background-padding": 2,
@@ -549,6 +550,7 @@ def map_stylesheet(focus: Sequence[str] = (), hovered: str | None = None) -> lis
                 "underlay-color": "#D55E00",
                 "underlay-opacity": 0.35,
                 "underlay-padding": 10,
+                "underlay-shape": "ellipse",
                 "font-weight": "bold",
                 "font-size": 18,
             },

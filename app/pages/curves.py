@@ -96,6 +96,8 @@ def layout(experiment=None, n=None, run=None, metric=None, seeds=None, log=None,
                     },
                 ),
                 delay_show=300,
+                # An empty root shows its message only, not empty axes.
+                parent_style={"display": "none"} if experiment is None else None,
             ),
             dcc.Store(id="curves-fp"),
             dcc.Interval(id="curves-interval", interval=REFRESH_MS),

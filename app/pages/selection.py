@@ -144,7 +144,7 @@ def render(experiment, click, _fitted, chosen, query):
             ),
         ]
     )
-    figure = data.selection_view(root, experiment, fp, chosen)
+    figure = data.selection_view(root, experiment, fp, chosen, height=440)
     return figure, shown, info, hidden, "", "", chosen
 
 

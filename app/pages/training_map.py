@@ -71,6 +71,8 @@ def layout(experiment=None, n=None, run=None, metric=None, **query):
                         overlay_style={"visibility": "visible", "opacity": 0.6},
                         delay_show=300,
                         parent_className="map-canvas-wrap",
+                        # An empty root shows its message only, not an empty canvas.
+                        parent_style={"display": "none"} if experiment is None else None,
                     ),
                     html.Div(
                         [
@@ -145,7 +147,7 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
         n = data.parse_n(click["points"][0].get("x"), ns, n)
     runs = overview["runs"]
     run = current_run if current_run in runs else (requested_run if requested_run in runs else None)
-    figure = data.selection_view(root, experiment, fp, n, height=300)
+    figure = data.selection_view(root, experiment, fp, n, height=360)
     message = components.fit_warnings(root, experiment, overview)
     return (
         [

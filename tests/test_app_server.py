@@ -372,3 +372,54 @@ def dash_no_update():
     import dash
 
     return dash.no_update
+
+
+def _walk(component, inside_loading=False):
+    """(component, whether a dcc.Loading wraps it) for a layout tree."""
+    from dash import dcc
+
+    yield component, inside_loading
+    inside_loading = inside_loading or isinstance(component, dcc.Loading)
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, list | tuple) else [children]:
+        if hasattr(child, "to_plotly_json"):
+            yield from _walk(child, inside_loading)
+
+
+def test_every_chart_and_table_has_a_loading_state(fitted_root, tmp_path):
+    import dash_cytoscape
+    from dash import dash_table, dcc
+
+    from app.main import create_app
+
+    app = create_app(fitted_root, cache_dir=tmp_path / "cache")
+    from app.pages import curves, runs, selection, training_map
+
+    slow = (dcc.Graph, dash_table.DataTable, dash_cytoscape.Cytoscape)
+    with app.server.app_context():
+        for page in (runs, selection, training_map, curves):
+            found = [
+                (c.id, wrapped)
+                for c, wrapped in _walk(page.layout(experiment=EXPERIMENT))
+                if isinstance(c, slow)
+            ]
+            assert found and all(wrapped for _, wrapped in found), (page.__name__, found)
+
+
+def test_deep_links_to_missing_things_say_so(fitted_root, tmp_path):
+    from app import components
+    from app.main import create_app
+
+    app = create_app(fitted_root, cache_dir=tmp_path / "cache")
+    root = str(fitted_root)
+    with app.server.app_context():
+        missing = components.missing_notice(root, "nope", EXPERIMENT, None)
+        assert "No experiment named “nope”" in missing.children[0].children
+        assert f"showing {EXPERIMENT} instead" in missing.children[0].children
+        run = components.missing_notice(root, EXPERIMENT, EXPERIMENT, "seed-99")
+        assert "No run named “seed-99” in" in run.children[0].children
+        assert components.missing_notice(root, EXPERIMENT, EXPERIMENT, "seed-1").children == []
+        assert components.missing_notice(root, None, EXPERIMENT, None).children == []
+    # Links between pages keep the whole view, in the URL's key order.
+    href = components.page_href("/map", {"run": "seed-1", "log": "1", "x": "y"}, n=3)
+    assert href == "/map?n=3&run=seed-1&log=1"

@@ -117,11 +117,12 @@ def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
         "document.getElementById('map-graph')._cyreg.cy.edges()[0].emit('mouseover');"
     )
     hover = wait_for(
-        lambda: dash_br.driver.find_element(By.ID, "map-hover-edge").text.strip(),
+        lambda: "→" in (t := dash_br.driver.find_element(By.ID, "map-hover-edge").text) and t,
         timeout=30,
         message="edge hover text",
     )
-    assert "→" in hover and " z" in hover and "runs take it" in hover
+    # "1 run takes it" or "3 runs take it"
+    assert " z" in hover and ("runs take it" in hover or "1 run takes it" in hover)
 
     # Metric curves of one run: background shaded by its decoded states.
     dash_br.driver.get(f"{url}/curves?experiment={EXPERIMENT}&run=seed-0&metric=eval_acc")

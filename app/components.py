@@ -96,7 +96,18 @@ def fit_missing(root: str, experiment: str) -> html.Div:
         [
             html.P(f"Experiment {experiment} has no saved fit yet. Fit it with:"),
             html.Pre(data.fit_command(root, experiment), className="command"),
-            html.P(["or use ", dcc.Link("Model selection", href="/selection"), " to fit it here."]),
+            html.P(
+                [
+                    "or use ",
+                    # The URL sync fills in the rest of the view when it next runs.
+                    dcc.Link(
+                        "Model selection",
+                        href=page_href("/selection", None, experiment=experiment),
+                        id={"type": "app-nav", "path": "/selection", "from": "fit-missing"},
+                    ),
+                    " to fit it here.",
+                ]
+            ),
         ],
         className="notice",
     )

@@ -106,7 +106,7 @@ def layout(experiments=None, match=None, experiment=None, n=None, run=None, metr
             html.P(
                 "Same colour and label = the same phase, matched across experiments by its "
                 "state means; '(only A)' = a state with no counterpart. Marks as on the "
-                "Training map: green ring start, double ring end, dashed square detour.",
+                "Training map: green ring start, double ring end, rounded square detour.",
                 className="muted",
             ),
             html.Div(

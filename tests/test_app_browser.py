@@ -349,6 +349,9 @@ def test_deep_links_reload(dash_duo, dash_app):
         message="the all-seeds band",
     )
     assert dash_duo.find_element("#curves-run").text.strip() in ("", "none")
+    dash_duo.wait_for_contains_text("#curves-run-missing", "seed-broken cannot be read")
+    dash_duo.driver.get(f"{base}/map?experiment={EXPERIMENT}&run=seed-broken")
+    dash_duo.wait_for_contains_text("#map-run-missing", "seed-broken is not on this map")
 
     # Names from the URL that do not exist (or try to leave the root) are ignored.
     dash_duo.driver.get(f"{base}/map?experiment=..%2F..%2Fetc&n=99&run=..%2Fx")

@@ -148,6 +148,15 @@ def choices(experiment, request):
     ns = overview["ns"] if overview else []
     n = data.parse_n(request.get("n"), ns, overview["selected_n"] if overview else None)
     message = None if overview else components.fit_missing(root, experiment)
+    if request.get("run") in runs and run is None:  # there, but its metrics cannot be read
+        message = [
+            html.P(
+                f"Run {request['run']} cannot be read (see the Runs page); showing all seeds only.",
+                className="warning",
+                id="curves-run-missing",
+            ),
+            message,
+        ]
     return (
         metrics,
         metric,

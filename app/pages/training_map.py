@@ -149,6 +149,15 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
     run = current_run if current_run in runs else (requested_run if requested_run in runs else None)
     figure = data.selection_view(root, experiment, fp, n, height=360)
     message = components.fit_warnings(root, experiment, overview)
+    if requested_run and run is None and requested_run in data.run_names(root, experiment):
+        # The run exists but the fit did not use it (broken, or newer than the fit).
+        reason = overview["excluded_runs"].get(requested_run) or "it is newer than the fit"
+        note = html.P(
+            f"Run {requested_run} is not on this map: {reason}.",
+            className="warning",
+            id="map-run-missing",
+        )
+        message = [note, message]
     return (
         [
             {"label": f"{k}" + (" (selected)" if k == overview["selected_n"] else ""), "value": k}

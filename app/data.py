@@ -403,7 +403,7 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
         figure.update_layout(title=f"{metric}: first {max_curves} of {len(readable)} runs")
     return {
         "rows": rows,
-        "counts": f"{len(rows)} runs ({counts})",
+        "counts": f"{figures.plural(len(rows), 'run')} ({counts})",
         "figure": figure.to_plotly_json(),
     }
 

@@ -868,7 +868,7 @@ def prediction_cell(summary: Mapping | None, validation: Mapping | None) -> str:
         return f"converged at {summary['converged_at']}"
     if summary["basis"] is None:
         return "not enough runs to tell"
-    runs = f"{summary['n_reference']} runs"
+    runs = plural(summary["n_reference"], "run")
     if summary["median"] is None:
         return f"after {_epoch_text(summary['floor'])}, {runs}"
     high = "open" if summary["high"] is None else _epoch_text(summary["high"])
@@ -902,7 +902,8 @@ def prediction_words(summary: Mapping | None, validation: Mapping | None) -> str
     high = "open" if summary["high"] is None else _epoch_text(summary["high"])
     return head + (
         f"Convergence expected between epochs {_epoch_text(summary['low'])} and {high} "
-        f"(80% interval of {summary['n_reference']} runs). No point estimate: prediction "
+        f"(80% interval of {plural(summary['n_reference'], 'run')}). "
+        "No point estimate: prediction "
         f"{verdict}."
     )
 
@@ -1015,7 +1016,7 @@ def add_prediction(
             "y": 1.0,
             "yref": "paper",
             "yanchor": "bottom",
-            "text": f"{label}, {summary['n_reference']} runs",
+            "text": f"{label}, {plural(summary['n_reference'], 'run')}",
             "showarrow": False,
             "font": {"color": PREDICTION_COLOR, "size": 11},
             "name": "prediction",

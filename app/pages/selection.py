@@ -139,7 +139,8 @@ def render(experiment, click, _fitted, chosen, query):
                 id="selection-uncertainty",
             ),
             html.P(
-                f"{len(overview['runs'])} runs, features: {', '.join(overview['feature_names'])}",
+                f"{figures.plural(len(overview['runs']), 'run')}, "
+                f"features: {', '.join(overview['feature_names'])}",
                 className="muted",
             ),
         ]

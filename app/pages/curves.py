@@ -25,6 +25,9 @@ dash.register_page(
 )
 
 REFRESH_MS = 3000
+# The spinner waits this long: a cold cache shows it, the polling's quick
+# refreshes of a live experiment do not make it flash every few seconds.
+LOADING_DELAY_MS = 1000
 
 
 def layout(experiment=None, n=None, run=None, metric=None, seeds=None, log=None, smooth=None, **_):
@@ -95,7 +98,7 @@ def layout(experiment=None, n=None, run=None, metric=None, seeds=None, log=None,
                         "toImageButtonOptions": {"format": "png", "filename": "trainmap-curve"},
                     },
                 ),
-                delay_show=300,
+                delay_show=LOADING_DELAY_MS,
                 # An empty root shows its message only, not empty axes.
                 parent_style={"display": "none"} if experiment is None else None,
             ),

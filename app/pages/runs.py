@@ -22,6 +22,9 @@ from app import components, data, figures
 dash.register_page(__name__, path="/", name="Runs", title="trainmap: runs", order=0)
 
 REFRESH_MS = 3000
+# The spinner waits this long: a cold cache shows it, the polling's quick
+# refreshes of a live experiment do not make it flash every few seconds.
+LOADING_DELAY_MS = 1000
 
 
 def layout(experiment=None, n=None, run=None, metric=None, **query):
@@ -49,7 +52,10 @@ def layout(experiment=None, n=None, run=None, metric=None, **query):
             html.Div(
                 [
                     dcc.Loading(
-                        _table(run), type="default", delay_show=300, id="runs-table-loading"
+                        _table(run),
+                        type="default",
+                        delay_show=LOADING_DELAY_MS,
+                        id="runs-table-loading",
                     ),
                     html.P(
                         [
@@ -64,7 +70,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **query):
                     dcc.Loading(
                         dcc.Graph(id="runs-progress", config={"displaylogo": False}),
                         type="default",
-                        delay_show=300,
+                        delay_show=LOADING_DELAY_MS,
                     ),
                 ],
                 style=shown,

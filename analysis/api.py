@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from analysis.bootstrap import DEFAULT_RESAMPLES, bootstrap_map
 from analysis.maps import build_map, convergence_epoch
 from analysis.model import (
     COVARIANCE_TYPES,
@@ -101,6 +102,49 @@ def _choose(result: FitResult, criterion: str, n_states) -> FitResult:
     return result
 
 
+# ------------------------------------------------------------------ bootstrap
+
+# Restarts per n inside each bootstrap resample (at most the main fit's). Fewer
+# restarts can only add spread to the resamples, so stability errs low, and
+# they make 50 resamples of the demo's experiments cost about as much as the
+# main fit (bench/hmm.py).
+BOOTSTRAP_RESTARTS = 3
+
+
+def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) -> dict:
+    """The bootstrap of ``result``'s selected map (:func:`analysis.bootstrap.bootstrap_map`)."""
+    n = result.selected_n
+    out = bootstrap_map(
+        prepared.X,
+        prepared.train,
+        prepared.heldout,
+        np.asarray(models[n]["means"]),
+        [(e.source, e.target) for e in result.map(n).edges],
+        n=n,
+        max_n=int(result.sweep["n"].max()),
+        criterion=kwargs.pop("criterion"),
+        covariance_type=kwargs.pop("cov"),
+        restarts=min(int(kwargs.pop("restarts")), BOOTSTRAP_RESTARTS),
+        **kwargs,
+    )
+    return out
+
+
+def _check_bootstrap(bootstrap) -> None:
+    if int(bootstrap) < 0:
+        raise ValueError(f"bootstrap must be 0 (off) or a number of resamples, got {bootstrap}")
+
+
+def _current_bootstrap(saved: dict, result: FitResult, n_resamples: int | None = None) -> bool:
+    """Whether a saved bootstrap is about this result's n and criterion (and resample count)."""
+    return (
+        bool(saved)
+        and saved.get("n") == result.selected_n
+        and saved.get("criterion") == result.params.get("criterion")
+        and (n_resamples is None or saved.get("n_resamples") in (n_resamples, 0))
+    )
+
+
 def fit_prepared(
     prepared: Prepared,
     *,
@@ -120,8 +164,15 @@ def fit_prepared(
     progress: Callable[[float], None] | None = None,
     seed: int = 0,
     params: dict | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> tuple[FitResult, dict[int, dict]]:
-    """Sweep, select and map already prepared runs; return the result and canonical arrays."""
+    """Sweep, select and map already prepared runs; return the result and canonical arrays.
+
+    ``bootstrap`` resamples of the runs measure how stable the selected n, the
+    states and the edges are (``result.bootstrap``; 0 = off); see
+    :mod:`analysis.bootstrap`.
+    """
+    _check_bootstrap(bootstrap)
     X, lengths = prepared.stack(prepared.train)
     X_held, lengths_held = prepared.stack(prepared.heldout)
     selector = StateSelector(
@@ -164,7 +215,25 @@ def fit_prepared(
         maps=maps,
         warnings=list(prepared.warnings),
     )
-    return _choose(result, criterion, n_states), canonical
+    result = _choose(result, criterion, n_states)
+    # Uncertainty by resampling runs, after (and apart from) the selection above.
+    if bootstrap:
+        result.bootstrap = _bootstrap(
+            result,
+            prepared,
+            canonical,
+            n_resamples=bootstrap,
+            restarts=restarts,
+            cov=cov,
+            criterion=criterion,
+            n_iter=n_iter,
+            tol=tol,
+            seed=seed,
+            workers=workers,
+            backend=backend,
+            scheduler=scheduler,
+        )
+    return result, canonical
 
 
 def fit_experiment(
@@ -189,6 +258,7 @@ def fit_experiment(
     tol: float | None = None,
     threshold: float = 0.9,
     refit: bool = False,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> FitResult:
     """Fit HMMs over the runs of ``root/experiment`` (or load the saved fit).
 
@@ -216,6 +286,11 @@ def fit_experiment(
         iteration gains less than 1e-4 nats per train checkpoint).
     threshold : eval_acc that counts as converged (for convergence epochs).
     refit : ignore a saved fit and compute again.
+    bootstrap : resamples of the runs that measure how stable the selected n,
+        each state and each edge are (``result.bootstrap``, see
+        :mod:`analysis.bootstrap`); 0 = off. It does not change the sweep or
+        the maps, so it is not part of the saved fit's key: a saved fit
+        without a current bootstrap gets one computed and saved with it.
 
     The criterion and ``n_states`` only choose among the saved maps, so
     changing them never refits. Raises ValueError (with a message for the user)
@@ -238,6 +313,7 @@ def fit_experiment(
         threshold=threshold,
     )
     _check(key_params, criterion, n_states, backend, scheduler, workers)
+    _check_bootstrap(bootstrap)
     # The fingerprint is taken before reading: if a run changes during the fit,
     # the saved fit is keyed by the old state and the next request refits.
     runs_fingerprint = rundir.experiment_fingerprint(root, experiment)
@@ -249,6 +325,36 @@ def fit_experiment(
                 progress(1.0)
             result = _choose(found[0], criterion, n_states)
             result.loaded = True
+            # The bootstrap is saved with the fit but depends on the selected n
+            # and the criterion, which a request may change: redo it if needed.
+            if not _current_bootstrap(result.bootstrap, result):
+                result.bootstrap = {}
+            if bootstrap and not _current_bootstrap(result.bootstrap, result, bootstrap):
+                prepared = prepare_experiment(
+                    root,
+                    experiment,
+                    features=features,
+                    first_n=first_n,
+                    normalize=normalize,
+                    heldout=heldout,
+                    seed=seed,
+                )
+                result.bootstrap = _bootstrap(
+                    result,
+                    prepared,
+                    found[1],
+                    n_resamples=bootstrap,
+                    restarts=restarts,
+                    cov=cov,
+                    criterion=criterion,
+                    n_iter=n_iter,
+                    tol=tol,
+                    seed=seed,
+                    workers=workers,
+                    backend=backend,
+                    scheduler=scheduler,
+                )
+                store.save_bootstrap(root, experiment, key, result.bootstrap)
             return result
     started = time.perf_counter()
     prepared = prepare_experiment(
@@ -278,6 +384,7 @@ def fit_experiment(
         progress=progress,
         seed=seed,
         params=key_params,
+        bootstrap=bootstrap,
     )
     extra = {
         "runs_fingerprint": runs_fingerprint,
@@ -344,6 +451,8 @@ def load_fit(
         return None
     result = _choose(found[0], criterion, n_states)
     result.loaded = True
+    if not _current_bootstrap(result.bootstrap, result):  # saved for another n or criterion
+        result.bootstrap = {}
     return result
 
 

@@ -41,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scheduler", help="dask scheduler address, for --backend dask")
     parser.add_argument("--refit", action="store_true", help="ignore a saved fit")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=50,
+        metavar="N",
+        help="resample the runs N times to show how stable n, states and edges are "
+        "(default 50; 0 = off)",
+    )
 
 
 def _fmt(value, digits=1) -> str:
@@ -69,8 +77,12 @@ def format_sweep(result) -> str:
     return "\n".join(lines)
 
 
-def format_map(training_map) -> str:
-    """A text summary of a training map: nodes, edges with top features, detours."""
+def format_map(training_map, bootstrap: dict | None = None) -> str:
+    """A text summary of a training map: nodes, edges with top features, detours.
+
+    ``bootstrap`` (``FitResult.bootstrap``) adds the stability of each state and
+    edge when it is about this map's n.
+    """
     m = training_map
     lines = [f"states ({m.n_states}):"]
     for s in m.states:
@@ -107,7 +119,37 @@ def format_map(training_map) -> str:
         f"{reg.get('n_runs', 0)} converged runs, {censored} censored (never reached threshold)"
     )
     lines.append(f"trajectory dissimilarity (mean pairwise TV): {m.dissimilarity:.3f}")
+    lines += _stability_lines(m, bootstrap or {})
     return "\n".join(lines)
+
+
+def _stability_lines(training_map, bootstrap: dict) -> list[str]:
+    """Per state and edge: the share of bootstrap resamples that found it."""
+    if not bootstrap.get("n_resamples") or bootstrap.get("n") != training_map.n_states:
+        return []
+    states = bootstrap.get("state_stability", {})
+    edges = bootstrap.get("edge_stability", {})
+    head = f"stability over {bootstrap['n_resamples']} resamples of the runs"
+    return [
+        f"{head} (share of resamples that find it):",
+        "  states: " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in states.items()),
+        "  edges: " + (", ".join(f"{k} {_fmt(v, 2)}" for k, v in edges.items()) or "none"),
+    ]
+
+
+def format_bootstrap(bootstrap: dict) -> str:
+    """The selected n over bootstrap resamples, e.g. "n over 50 resamples: 3 ×31, 4 ×19"."""
+    if not bootstrap:
+        return ""
+    if not bootstrap.get("n_resamples"):
+        return f"bootstrap: {bootstrap.get('message', 'not run')}"
+    counts = ", ".join(f"{n} ×{c}" for n, c in bootstrap["selected_n_counts"].items())
+    lo, hi = bootstrap["n_range"]
+    line = (
+        f"n over {bootstrap['n_resamples']} resamples: {counts or 'no fit'} "
+        f"(n = {lo}..{hi} tried, {bootstrap['restarts']} restarts, {bootstrap['seconds']:.1f} s)"
+    )
+    return line + (f"\n  {bootstrap['message']}" if bootstrap.get("message") else "")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -147,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
                 first_n=args.first_n,
                 threshold=args.threshold,
                 refit=args.refit,
+                bootstrap=args.bootstrap,
             )
     except (ValueError, rundir.RunDirError) as error:
         raise UserError(str(error)) from None
@@ -164,5 +207,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_sweep(result))
     how = "given" if params.get("n_states") is not None else f"by {params['criterion']}"
     print(f"selected n = {result.selected_n} ({how})")
-    print(format_map(result.map()))
+    if result.bootstrap:
+        print(format_bootstrap(result.bootstrap))
+    print(format_map(result.map(), bootstrap=result.bootstrap))
     return 0

@@ -103,6 +103,8 @@ class FitResult:
     # Added by analysis (defaults keep older constructors working):
     warnings: list[str] = field(default_factory=list)  # dropped features, truncated runs, ...
     loaded: bool = False  # True when this result came from the store, not a new fit
+    # Stability of n, states and edges over resampled runs (analysis.bootstrap); {} if not run.
+    bootstrap: dict = field(default_factory=dict)
 
     def map(self, n: int | None = None) -> TrainingMap:
         """The map for ``n`` states (default: the selected n)."""

@@ -90,6 +90,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             "selected_n": result.selected_n,
             "maps": {str(n): m.to_dict() for n, m in result.maps.items()},
             "warnings": list(result.warnings),
+            "bootstrap": result.bootstrap,
             **extra,
         }
         (tmp / FIT_FILE).write_text(json.dumps(_plain(payload), allow_nan=False))
@@ -156,7 +157,29 @@ def result_from_payload(payload: dict) -> FitResult:
         selected_n=int(payload["selected_n"]),
         maps=maps,
         warnings=list(payload.get("warnings", [])),
+        bootstrap=dict(payload.get("bootstrap") or {}),  # absent in fits saved before it existed
     )
+
+
+def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
+    """Replace the bootstrap of the saved fit ``key`` (atomically); False if there is no such fit.
+
+    The bootstrap does not change the sweep or the maps, so it is added to a
+    saved fit rather than making a new one.
+    """
+    path = fits_dir(root, experiment) / key / FIT_FILE
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    payload["bootstrap"] = bootstrap
+    tmp = path.with_name(f".{FIT_FILE}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        tmp.write_text(json.dumps(_plain(payload), allow_nan=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:

@@ -121,6 +121,7 @@ def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) ->
         np.asarray(models[n]["means"]),
         [(e.source, e.target) for e in result.map(n).edges],
         n=n,
+        n_given=result.params.get("n_states") is not None,
         max_n=int(result.sweep["n"].max()),
         criterion=kwargs.pop("criterion"),
         covariance_type=kwargs.pop("cov"),
@@ -136,11 +137,12 @@ def _check_bootstrap(bootstrap) -> None:
 
 
 def _current_bootstrap(saved: dict, result: FitResult, n_resamples: int | None = None) -> bool:
-    """Whether a saved bootstrap is about this result's n and criterion (and resample count)."""
+    """Whether a saved bootstrap is about this result's n, criterion and how n was chosen."""
     return (
         bool(saved)
         and saved.get("n") == result.selected_n
         and saved.get("criterion") == result.params.get("criterion")
+        and saved.get("n_given") == (result.params.get("n_states") is not None)
         and (n_resamples is None or saved.get("n_resamples") in (n_resamples, 0))
     )
 

@@ -6,14 +6,17 @@ other states or other edges. The bootstrap estimates how likely that is by
 treating the runs as the sample: every resample draws the runs with
 replacement and goes through the same sweep and selection as the main fit
 (:class:`analysis.model.StateSelector`, so any change to the selection applies
-here too). From the resamples we report
+here too). Each resample's map is the one its own selection picks (or, when the user
+gave the main fit's n, the map with that n). From the resamples we report
 
 * the distribution of the selected n;
-* for the main fit's n, the share of resamples in which each state of the
-  reference map has a matching state (means matched one-to-one by
-  :func:`scipy.optimize.linear_sum_assignment`, see :func:`match_states`);
-* the share of resamples in which each edge j -> k of the reference map is
-  taken by a decoded path (between the matched states).
+* for each state of the main fit's map (the reference map), the share of
+  resamples whose map has a matching state (states matched one-to-one by
+  their means with :func:`scipy.optimize.linear_sum_assignment`, see
+  :func:`match_states`): a state that only the main fit's n has, or that
+  another set of runs would place elsewhere, scores low;
+* for each edge j -> k of the reference map, the share of resamples whose
+  decoded paths go from the state matching j to the state matching k.
 
 Choices, and why:
 
@@ -119,11 +122,15 @@ def _stack(X_runs, which):
     return np.concatenate([X_runs[i] for i in which]), [len(X_runs[i]) for i in which]
 
 
-def _one_resample(index, X_runs, train, heldout, reference_means, *, n, seed, selector) -> dict:
-    """Fit one resample; return its selected n and what it found of the reference map.
+def _one_resample(index, X_runs, train, heldout, reference_means, *, n, n_given, seed, selector):
+    """Fit one resample; return its selected n and what its map has of the reference map.
 
-    ``transitions`` are the transitions j -> k (j != k) of the decoded paths of
-    the resampled runs, in reference labels, between matched states only.
+    The resample's map is the one its own selection picks, or the ``n``-state
+    one when the main fit's n was given by the user (the same procedure as the
+    main fit). ``found`` tells for each reference state whether the map has a
+    matching state; ``transitions`` are the transitions j -> k (j != k) of
+    the map's decoded paths of the resampled runs, in reference labels,
+    between matched states only.
     """
     from threadpoolctl import threadpool_limits
 
@@ -146,9 +153,10 @@ def _one_resample(index, X_runs, train, heldout, reference_means, *, n, seed, se
         out["error"] = str(error)
         return out
     out["selected_n"] = int(fitted.n_components_)
-    arrays = fitted.models_.get(n)
+    used = n if n_given else out["selected_n"]
+    arrays = fitted.models_.get(used)
     if arrays is None:
-        out["error"] = f"no feasible fit with n={n}"
+        out["error"] = f"no feasible fit with n={used}"
         return out
     match = match_states(reference_means, arrays["means"])
     out["found"] = (match >= 0).tolist()
@@ -173,6 +181,7 @@ def bootstrap_map(
     reference_edges: Sequence[tuple[int, int]],
     *,
     n: int,
+    n_given: bool = False,
     max_n: int,
     criterion: str,
     restarts: int,
@@ -195,7 +204,9 @@ def bootstrap_map(
     train, heldout : the main fit's split (indices into ``X_runs``).
     reference_means : (n, F) state means of the main fit's map, in its labels.
     reference_edges : the map's edges (source, target).
-    n : the main fit's selected n; ``max_n`` the largest n it tried.
+    n : the main fit's selected n; ``n_given``: the user gave it (then every
+        resample's map has n states too, else the resample's selection picks).
+    max_n : the largest n the main fit tried.
     criterion, restarts, covariance_type, n_iter, tol : as in the main fit
         (``restarts`` may be fewer, see the module docstring).
     n_resamples : number of resamples; ``span`` : resamples sweep n = 1..n+span.
@@ -205,7 +216,7 @@ def bootstrap_map(
         address, "threading", "sequential").
 
     Returns the ``FitResult.bootstrap`` dict: n_resamples, seconds, restarts, n_range,
-    selected_n_counts, n, criterion, state_stability, edge_stability,
+    selected_n_counts, n, criterion, n_given, state_stability, edge_stability,
     detour_stability, message.
     """
     import joblib
@@ -221,6 +232,7 @@ def bootstrap_map(
         "selected_n_counts": {},
         "n": int(n),
         "criterion": criterion,
+        "n_given": bool(n_given),
         "state_stability": {},
         "edge_stability": {},
         "detour_stability": {},
@@ -251,6 +263,7 @@ def bootstrap_map(
             list(heldout),
             reference_means,
             n=n,
+            n_given=n_given,
             seed=seed,
             selector=selector,
         )
@@ -293,7 +306,7 @@ def bootstrap_map(
     failed = sum(bool(r["error"]) for r in results)
     if failed:
         notes.append(
-            f"{failed} of {n_resamples} resamples had no fit with n={n}: "
+            f"{failed} of {n_resamples} resamples had no usable fit: "
             "counted as finding no state and no edge"
         )
     at_top = sum(s == hi for s in selected)

@@ -133,7 +133,9 @@ def _stability_lines(training_map, bootstrap: dict) -> list[str]:
     return [
         f"{head} (share of resamples that find it):",
         "  states: " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in states.items()),
-        "  edges: " + (", ".join(f"{k} {_fmt(v, 2)}" for k, v in edges.items()) or "none"),
+        # "j→k", not "j->k": the edge lines above are the ones with "->"
+        "  edges: "
+        + (", ".join(f"{k.replace('->', '→')} {_fmt(v, 2)}" for k, v in edges.items()) or "none"),
     ]
 
 

@@ -194,7 +194,7 @@ def test_cli_prints_n_distribution_and_stability(clean):
     for state, share in boot["state_stability"].items():
         assert f"{state} {share:.2f}" in text
     for edge, share in boot["edge_stability"].items():
-        assert f"{edge} {share:.2f}" in text
+        assert f"{edge.replace('->', '→')} {share:.2f}" in text
     # a bootstrap about another n is not printed with this map
     assert "stability" not in format_map(result.map(), bootstrap={**boot, "n": 99})
 

@@ -77,8 +77,55 @@ def format_sweep(result) -> str:
     return "\n".join(lines)
 
 
+def _p(value) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _epochs(value) -> str:
+    return "unbounded" if value is None else f"{value:+.0f}"
+
+
+def format_detour(detour: dict) -> str | None:
+    """One line on a state's detour test, or None when there is nothing to say."""
+    verdict = detour.get("verdict")
+    if verdict in (None, "all_runs", "no_runs"):
+        return None  # old fit, or nothing to compare: the visit count says it all
+    if verdict == "not_enough_runs":
+        return f"detour test: {detour['message']}"
+    lo, hi = detour.get("delay_ci") or (None, None)
+    delay = "median not reached" if detour["delay"] is None else f"{detour['delay']:+.0f} epochs"
+    return (
+        f"detour test: {'DETOUR' if verdict == 'detour' else 'no detour'} "
+        f"({detour['test']} p {_p(detour['p_value'])}, adjusted {_p(detour['p_adjusted'])}; "
+        f"delay {delay}, 95% interval [{_epochs(lo)}, {_epochs(hi)}]; "
+        f"{detour['n_visiting']} runs visit it, {detour['n_other']} do not)"
+    )
+
+
+def format_regression(reg: dict, censored: int) -> str:
+    """The convergence-on-occupancy regression in one line, never a saturated R² as a result."""
+    head = "convergence ~ occupancy: "
+    cens = f"{censored} censored run{'s' * (censored != 1)} left out"
+    if "saturated" not in reg:  # saved before the regression was checked
+        return head + f"R² {_fmt(reg.get('r2'), 3)} in-sample only (refit for leave-one-out R²)"
+    if reg["saturated"]:
+        return head + (
+            f"saturated: {reg['n_params']} parameters for {reg['n_runs']} runs, "
+            f"need >= {reg['n_params'] + 1} runs (no R² to show); {cens}"
+        )
+    if reg.get("r2") is None:
+        return head + reg["message"]
+    loo = "undefined" if reg.get("r2_loo") is None else f"{reg['r2_loo']:.3f}"
+    return head + (
+        f"R² {reg['r2']:.3f} in-sample, {loo} leave-one-out "
+        f"(adjusted {_fmt(reg.get('r2_adjusted'), 3)}), F-test p {_p(reg.get('p_value'))}; "
+        f"{reg['n_params']} parameters (reference state {reg['reference_state']}) for "
+        f"{reg['n_runs']} converged runs; {cens}"
+    )
+
+
 def format_map(training_map, bootstrap: dict | None = None) -> str:
-    """A text summary of a training map: nodes, edges with top features, detours.
+    """A text summary of a training map: nodes, detour tests, edges, regression.
 
     ``bootstrap`` (``FitResult.bootstrap``) adds the stability of each state and
     edge when it is about this map's n.
@@ -98,6 +145,9 @@ def format_map(training_map, bootstrap: dict | None = None) -> str:
             f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
             + (f" [{', '.join(flags)}]" if flags else "")
         )
+        detour = format_detour(s.detour)
+        if detour:
+            lines.append(f"      {detour}")
     lines.append(f"edges ({len(m.edges)}):")
     for e in m.edges:
         conv = _fmt(e.mean_convergence_epoch)
@@ -110,14 +160,20 @@ def format_map(training_map, bootstrap: dict | None = None) -> str:
             f"mean convergence epoch {conv}; drivers: {features}"
         )
     detours = [s.state for s in m.states if s.is_detour]
-    lines.append(f"detour states: {detours if detours else 'none'}")
-    reg = m.regression
+    tested = [s for s in m.states if s.detour.get("p_adjusted") is not None]
+    notes = []
+    if tested:
+        notes.append(
+            f"{len(tested)} state{'s' * (len(tested) != 1)} tested; a detour needs "
+            f"Holm-adjusted p < {tested[0].detour['alpha']:g} and later convergence"
+        )
+    untold = sum(s.detour.get("verdict") == "not_enough_runs" for s in m.states)
+    if untold:
+        notes.append(f"{untold} state{'s' * (untold != 1)} with too few runs to tell")
+    how = f" ({'; '.join(notes)})" if notes else ""
+    lines.append(f"detour states: {detours if detours else 'none'}{how}")
     censored = sum(v is None for v in m.convergence_epoch.values())
-    lines.append(
-        f"convergence ~ occupancy: R² {_fmt(reg.get('r2'), 3)}, "
-        f"p {_fmt(reg.get('p_value'), 4) if reg.get('p_value') is not None else '-'}, "
-        f"{reg.get('n_runs', 0)} converged runs, {censored} censored (never reached threshold)"
-    )
+    lines.append(format_regression(m.regression, censored))
     lines.append(f"trajectory dissimilarity (mean pairwise TV): {m.dissimilarity:.3f}")
     lines += _stability_lines(m, bootstrap or {})
     return "\n".join(lines)

@@ -36,7 +36,7 @@ FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: detour tests and the corrected regression
 
 
 def fits_dir(root, experiment) -> Path:

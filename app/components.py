@@ -72,5 +72,12 @@ def fit_warnings(root: str, experiment: str, overview: dict) -> html.Div | None:
                 id="fit-stale",
             )
         )
-    items += [html.P(text, className="muted") for text in overview.get("warnings", [])]
+    selection = (overview.get("selection") or {}).get("message")
+    if selection:  # e.g. n at the largest tried: shown wherever n is
+        items.append(html.P(selection, id="fit-selection-warning", className="warning"))
+    items += [
+        html.P(text, className="muted")
+        for text in overview.get("warnings", [])
+        if text != selection
+    ]
     return html.Div(items, className="notice") if items else None

@@ -29,7 +29,7 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from app import figures
+from app import evidence, figures
 from trainer import rundir
 
 cache = Cache()
@@ -307,6 +307,8 @@ def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
         "convergence": dict(selected.convergence_epoch),
         "stale": bool(getattr(fit, "stale", False)),
         "warnings": list(getattr(fit, "warnings", [])),
+        "bootstrap": dict(getattr(fit, "bootstrap", None) or {}),
+        "selection": dict(getattr(fit, "selection", None) or {}),
     }
 
 
@@ -316,7 +318,36 @@ def map_view(root: str, experiment: str, fp: str, n: int) -> list[dict] | None:
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.map_elements(fit.maps[n])
+    return figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
+
+
+@cache.memoize()
+def evidence_view(root: str, experiment: str, fp: str, n: int) -> dict | None:
+    """The evidence behind the map with ``n`` states, in words (None if there is none).
+
+    ``n``: how sure the choice of n is; ``selection``: the selection's warning;
+    ``regression``: convergence on occupancy in and out of sample; ``detours``:
+    one sentence per state that some but not all runs visit.
+    """
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    tmap = fit.maps[n]
+    bootstrap = getattr(fit, "bootstrap", None) or {}
+    return {
+        "n": evidence.n_distribution_words(bootstrap, fit.selected_n),
+        "selection": evidence.selection_words(getattr(fit, "selection", None)),
+        "regression": evidence.regression_words(tmap.regression),
+        "detours": [
+            {
+                "state": int(s.state),
+                "is_detour": bool(s.is_detour),
+                "text": evidence.detour_words(f"S{s.state}", getattr(s, "detour", {})),
+            }
+            for s in tmap.states
+            if 0 < s.visited_runs < len(tmap.paths)
+        ],
+    }
 
 
 @cache.memoize()

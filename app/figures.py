@@ -19,6 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app import evidence
+
 # Colour-blind friendly (Okabe-Ito, then Tableau) so up to ~12 states stay distinct.
 PALETTE = (
     "#0072B2",
@@ -309,7 +311,9 @@ def profile_rows(profile: Mapping[str, float], limit: int = 8) -> list[dict]:
     return [{"feature": k, "z": round(float(v), 2)} for k, v in items]
 
 
-def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
+def map_elements(
+    training_map, highlight_run: str | None = None, bootstrap: Mapping | None = None
+) -> list[dict]:
     """Cytoscape elements for a TrainingMap: one node per state, one edge per
     observed transition j -> k, with preset positions.
 
@@ -319,8 +323,16 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
     ``e<j>-<k>``, probability label, width, number of runs, mean convergence
     epoch and the top features. With ``highlight_run``, the nodes and edges on
     that run's decoded path get the class ``onpath``.
+
+    ``bootstrap`` (``FitResult.bootstrap``) applies when it was computed for
+    this n: each node and edge then carries the share of resamples in which it
+    was found, as words and as its opacity. Every node carries its detour test
+    in words (``detour_text``).
     """
     positions = map_positions(training_map.states)
+    if not bootstrap or int(bootstrap.get("n", -1)) != int(training_map.n_states):
+        bootstrap = {}
+    resamples = bootstrap.get("n_resamples")
     elements = []
     for state in training_map.states:
         k = int(state.state)
@@ -332,6 +344,7 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
         if state.is_detour:
             classes.append("detour")
         x, y = positions[k]
+        share = evidence.stability_share(bootstrap.get("state_stability"), k)
         elements.append(
             {
                 "data": {
@@ -346,6 +359,9 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
                     "start_runs": int(state.start_runs),
                     "end_runs": int(state.end_runs),
                     "is_detour": bool(state.is_detour),
+                    "detour_text": evidence.detour_words(f"S{k}", getattr(state, "detour", {})),
+                    "stability_text": evidence.stability_words(share, resamples),
+                    "opacity": evidence.opacity(share),
                     "profile": profile_rows(state.profile),
                 },
                 "position": {"x": x, "y": y},
@@ -355,6 +371,7 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
     for edge in training_map.edges:
         j, k = int(edge.source), int(edge.target)
         conv = _finite(edge.mean_convergence_epoch)
+        share = evidence.stability_share(bootstrap.get("edge_stability"), f"{j}->{k}")
         elements.append(
             {
                 "data": {
@@ -369,6 +386,9 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
                     "n_transitions": int(edge.n_transitions),
                     "mean_convergence_epoch": round(conv, 1) if conv is not None else None,
                     "features": feature_rows(edge.top_features),
+                    "stability_text": evidence.stability_words(share, resamples),
+                    # edges were drawn at 0.75 before stability existed
+                    "opacity": round(0.75 * evidence.opacity(share), 3),
                 },
                 "classes": "",
             }
@@ -409,6 +429,7 @@ def map_stylesheet() -> list[dict]:
                 "text-outline-width": 2,
                 "border-width": 2,
                 "border-color": "#555",
+                "opacity": "data(opacity)",
             },
         },
         # Start states get a thick green ring, end states a double dark ring,
@@ -428,7 +449,7 @@ def map_stylesheet() -> list[dict]:
                 "target-arrow-color": "data(color)",
                 "target-arrow-shape": "triangle",
                 "curve-style": "bezier",
-                "opacity": 0.75,
+                "opacity": "data(opacity)",
                 "label": "data(label)",
                 "font-size": 12,
                 "text-background-color": "#fff",

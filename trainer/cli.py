@@ -21,6 +21,10 @@ SUBCOMMANDS = {
     "serve": ("app.cli", "serve the dashboard for a root of experiments"),
     "demo": ("app.demo", "train a quick preset, fit the HMM and serve the dashboard"),
     "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "reproduce": (
+        "trainer.reproduce",
+        "check the paper's claims on the quick presets; write docs/reproduction.md",
+    ),
 }
 
 

@@ -114,12 +114,18 @@ BOOTSTRAP_RESTARTS = 3
 def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) -> dict:
     """The bootstrap of ``result``'s selected map (:func:`analysis.bootstrap.bootstrap_map`)."""
     n = result.selected_n
+    training_map = result.map(n)
+    # Convergence as the map's detour test sees it: censored runs at their last epoch.
+    epoch = [training_map.convergence_epoch.get(run) for run in prepared.run_names]
+    times = [e[-1] if c is None else c for c, e in zip(epoch, prepared.epochs)]
+    events = [c is not None for c in epoch]
     out = bootstrap_map(
         prepared.X,
         prepared.train,
         prepared.heldout,
         np.asarray(models[n]["means"]),
-        [(e.source, e.target) for e in result.map(n).edges],
+        [(e.source, e.target) for e in training_map.edges],
+        convergence=(np.asarray(times, dtype=float), np.asarray(events, dtype=bool)),
         n=n,
         n_given=result.params.get("n_states") is not None,
         max_n=int(result.sweep["n"].max()),

@@ -16,7 +16,9 @@ gave the main fit's n, the map with that n). From the resamples we report
   :func:`match_states`): a state that only the main fit's n has, or that
   another set of runs would place elsewhere, scores low;
 * for each edge j -> k of the reference map, the share of resamples whose
-  decoded paths go from the state matching j to the state matching k.
+  decoded paths go from the state matching j to the state matching k;
+* for each state, the share of resamples in which the detour test
+  (:func:`analysis.evidence.detour_tests`) flags its matching state.
 
 Choices, and why:
 
@@ -123,7 +125,9 @@ def _stack(X_runs, which):
     return np.concatenate([X_runs[i] for i in which]), [len(X_runs[i]) for i in which]
 
 
-def _one_resample(index, X_runs, train, heldout, reference_means, *, n, n_given, seed, selector):
+def _one_resample(
+    index, X_runs, train, heldout, reference_means, *, n, n_given, seed, selector, convergence
+):
     """Fit one resample; return its selected n and what its map has of the reference map.
 
     The resample's map is the one its own selection picks, or the ``n``-state
@@ -131,16 +135,20 @@ def _one_resample(index, X_runs, train, heldout, reference_means, *, n, n_given,
     main fit). ``found`` tells for each reference state whether the map has a
     matching state; ``transitions`` are the transitions j -> k (j != k) of
     the map's decoded paths of the resampled runs, in reference labels,
-    between matched states only.
+    between matched states only; ``detours`` the reference states whose
+    matching state the detour test flags on the resampled runs (when
+    ``convergence`` = (times, events) per run is given).
     """
     from threadpoolctl import threadpool_limits
 
+    from analysis.evidence import detour_tests
     from analysis.model import StateSelector, make_model
 
     train_draw, held_draw = resample_indices(train, heldout, seed, index)
     X, lengths = _stack(X_runs, train_draw)
     X_held, lengths_held = _stack(X_runs, held_draw)
-    out = {"index": index, "selected_n": None, "found": [], "transitions": [], "error": ""}
+    out = {"index": index, "selected_n": None, "found": [], "transitions": [], "detours": []}
+    out["error"] = ""
     try:
         fitted = StateSelector(
             **selector,
@@ -161,16 +169,30 @@ def _one_resample(index, X_runs, train, heldout, reference_means, *, n, n_given,
         return out
     match = match_states(reference_means, arrays["means"])
     out["found"] = (match >= 0).tolist()
-    label = np.full(len(arrays["means"]), -1, dtype=int)  # resample state -> reference label
+    label = np.full(used, -1, dtype=int)  # resample state -> reference label
     label[match[match >= 0]] = np.flatnonzero(match >= 0)
     model = make_model(arrays, selector["covariance_type"])
-    transitions = set()
+    draws = np.concatenate([train_draw, held_draw])
     with threadpool_limits(1):
-        for run in np.unique(np.concatenate([train_draw, held_draw])):
-            path = label[model.decode(X_runs[run], algorithm="viterbi")[1]]
-            moves = (path[:-1] != path[1:]) & (path[:-1] >= 0) & (path[1:] >= 0)
-            transitions.update(zip(path[:-1][moves].tolist(), path[1:][moves].tolist()))
+        paths = {run: model.decode(X_runs[run], algorithm="viterbi")[1] for run in set(draws)}
+    transitions = set()
+    for raw in paths.values():
+        path = label[raw]
+        moves = (path[:-1] != path[1:]) & (path[:-1] >= 0) & (path[1:] >= 0)
+        transitions.update(zip(path[:-1][moves].tolist(), path[1:][moves].tolist()))
     out["transitions"] = sorted(transitions)
+    if convergence is not None:
+        # The detour test on the resample, as the main map runs it on all runs
+        # (a run drawn twice counts twice). Its delay interval is not needed
+        # for the verdict, so it gets a single resample of its own.
+        times, events = (np.asarray(v)[draws] for v in convergence)
+        visits = np.array([np.bincount(paths[run], minlength=used) > 0 for run in draws])
+        verdicts = detour_tests(visits, times, events, n_resamples=1)
+        out["detours"] = sorted(
+            int(label[c])
+            for c in range(used)
+            if label[c] >= 0 and verdicts[c]["verdict"] == "detour"
+        )
     return out
 
 
@@ -181,6 +203,7 @@ def bootstrap_map(
     reference_means: np.ndarray,
     reference_edges: Sequence[tuple[int, int]],
     *,
+    convergence: tuple[Sequence[float], Sequence[bool]] | None = None,
     n: int,
     n_given: bool = False,
     max_n: int,
@@ -205,6 +228,8 @@ def bootstrap_map(
     train, heldout : the main fit's split (indices into ``X_runs``).
     reference_means : (n, F) state means of the main fit's map, in its labels.
     reference_edges : the map's edges (source, target).
+    convergence : per run, (convergence epoch or last epoch if censored,
+        converged?), for ``detour_stability``; None leaves it empty.
     n : the main fit's selected n; ``n_given``: the user gave it (then every
         resample's map has n states too, else the resample's selection picks).
     max_n : the largest n the main fit tried.
@@ -267,6 +292,7 @@ def bootstrap_map(
             n_given=n_given,
             seed=seed,
             selector=selector,
+            convergence=convergence,
         )
         for b in range(n_resamples)
     ]
@@ -295,11 +321,12 @@ def bootstrap_map(
 
     selected = [r["selected_n"] for r in results if r["selected_n"] is not None]
     counts = {str(k): selected.count(k) for k in sorted(set(selected))}
-    found = np.zeros(n)
+    found, flagged = np.zeros(n), np.zeros(n)
     taken = {edge: 0 for edge in map(tuple, reference_edges)}
     for r in results:
         if r["found"]:
             found += np.asarray(r["found"], dtype=float)
+        flagged[r["detours"]] += 1
         seen = set(map(tuple, r["transitions"]))
         for edge in taken:
             taken[edge] += edge in seen
@@ -322,6 +349,9 @@ def bootstrap_map(
         selected_n_counts=counts,
         state_stability={str(k): float(found[k] / n_resamples) for k in range(n)},
         edge_stability={f"{j}->{k}": float(c / n_resamples) for (j, k), c in taken.items()},
+        detour_stability={}
+        if convergence is None
+        else {str(k): float(flagged[k] / n_resamples) for k in range(n)},
         message="; ".join(notes),
     )
     return out

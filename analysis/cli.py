@@ -180,19 +180,30 @@ def format_map(training_map, bootstrap: dict | None = None) -> str:
 
 
 def _stability_lines(training_map, bootstrap: dict) -> list[str]:
-    """Per state and edge: the share of bootstrap resamples that found it."""
+    """Per state and edge: the share of bootstrap resamples that found it (and flag it a detour)."""
     if not bootstrap.get("n_resamples") or bootstrap.get("n") != training_map.n_states:
         return []
-    states = bootstrap.get("state_stability", {})
-    edges = bootstrap.get("edge_stability", {})
-    head = f"stability over {bootstrap['n_resamples']} resamples of the runs"
-    return [
-        f"{head} (share of resamples that find it):",
-        "  states: " + ", ".join(f"{k} {_fmt(v, 2)}" for k, v in states.items()),
-        # "j→k", not "j->k": the edge lines above are the ones with "->"
-        "  edges: "
-        + (", ".join(f"{k.replace('->', '→')} {_fmt(v, 2)}" for k, v in edges.items()) or "none"),
+
+    def shares(values: dict) -> str:
+        # "j→k", not "j->k": the map's edge lines are the ones with "->"
+        return ", ".join(f"{k.replace('->', '→')} {_fmt(v, 2)}" for k, v in values.items())
+
+    lines = [
+        f"stability over {bootstrap['n_resamples']} resamples of the runs "
+        "(share of resamples that find it):",
+        "  states: " + shares(bootstrap.get("state_stability", {})),
+        "  edges: " + (shares(bootstrap.get("edge_stability", {})) or "none"),
     ]
+    # Detour shares only where there is something to say: a state flagged in
+    # this map, or one that some resamples flag.
+    flagged = {
+        k: v
+        for k, v in bootstrap.get("detour_stability", {}).items()
+        if v or training_map.states[int(k)].is_detour
+    }
+    if flagged:
+        lines.append("  flagged a detour: " + shares(flagged))
+    return lines
 
 
 def format_bootstrap(bootstrap: dict) -> str:

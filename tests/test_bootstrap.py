@@ -101,6 +101,11 @@ def test_clean_experiment_is_stable_and_n_concentrates_on_the_truth(clean):
     assert set(boot["edge_stability"]) == edges
     assert np.mean(list(boot["edge_stability"].values())) >= 0.8
     assert boot["message"] == ""
+    # the detour branch's extra state is flagged in most resamples, no other state is
+    detours = {str(s.state) for s in result.map().states if s.is_detour}
+    assert detours and set(boot["detour_stability"]) == set(boot["state_stability"])
+    for state, share in boot["detour_stability"].items():
+        assert share >= 0.5 if state in detours else share <= 0.1
 
 
 def test_states_fitted_to_noise_are_unstable(clean, noise):
@@ -114,6 +119,8 @@ def test_states_fitted_to_noise_are_unstable(clean, noise):
     clean_states = list(clean[1].bootstrap["state_stability"].values())
     assert np.mean(states) <= np.mean(clean_states) - 0.25
     assert np.mean(edges) <= 0.3
+    # every run follows the same (non-)path: nothing to flag as a detour
+    assert max(boot["detour_stability"].values()) <= 0.1
 
 
 # ------------------------------------------------------------------ too few runs, reproducibility
@@ -195,6 +202,8 @@ def test_cli_prints_n_distribution_and_stability(clean):
         assert f"{state} {share:.2f}" in text
     for edge, share in boot["edge_stability"].items():
         assert f"{edge.replace('->', '→')} {share:.2f}" in text
+    flagged = [k for k, v in boot["detour_stability"].items() if v]
+    assert f"flagged a detour: {flagged[0]} {boot['detour_stability'][flagged[0]]:.2f}" in text
     # a bootstrap about another n is not printed with this map
     assert "stability" not in format_map(result.map(), bootstrap={**boot, "n": 99})
 

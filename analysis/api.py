@@ -142,15 +142,25 @@ def _check_bootstrap(bootstrap) -> None:
         raise ValueError(f"bootstrap must be 0 (off) or a number of resamples, got {bootstrap}")
 
 
-def _current_bootstrap(saved: dict, result: FitResult, n_resamples: int | None = None) -> bool:
-    """Whether a saved bootstrap is about this result's n, criterion and how n was chosen."""
-    return (
-        bool(saved)
-        and saved.get("n") == result.selected_n
-        and saved.get("criterion") == result.params.get("criterion")
-        and saved.get("n_given") == (result.params.get("n_states") is not None)
-        and (n_resamples is None or saved.get("n_resamples") in (n_resamples, 0))
-    )
+def _saved_bootstrap(root, experiment, key: str, result: FitResult) -> dict:
+    """The saved bootstrap for this result's criterion, n and way of choosing n ({} if none).
+
+    One is saved in the fit itself (for the request that made the fit); those
+    computed later, e.g. for another n, are saved beside it and win.
+    """
+    from analysis import store
+
+    request = {
+        "criterion": result.params.get("criterion"),
+        "n": result.selected_n,
+        "n_given": result.params.get("n_states") is not None,
+    }
+    found = store.find_bootstrap(root, experiment, key, request)
+    if found is not None:
+        return found
+    if result.bootstrap and store.bootstrap_key(result.bootstrap) == store.bootstrap_key(request):
+        return result.bootstrap
+    return {}
 
 
 def fit_prepared(
@@ -333,11 +343,11 @@ def fit_experiment(
                 progress(1.0)
             result = _choose(found[0], criterion, n_states)
             result.loaded = True
-            # The bootstrap is saved with the fit but depends on the selected n
-            # and the criterion, which a request may change: redo it if needed.
-            if not _current_bootstrap(result.bootstrap, result):
-                result.bootstrap = {}
-            if bootstrap and not _current_bootstrap(result.bootstrap, result, bootstrap):
+            # The bootstrap depends on the n and the criterion, which a request
+            # may change without refitting: compute it if none is saved for them.
+            result.bootstrap = _saved_bootstrap(root, experiment, key, result)
+            saved = result.bootstrap.get("n_resamples")
+            if bootstrap and saved not in (bootstrap, 0):  # 0: too few runs, any count
                 prepared = prepare_experiment(
                     root,
                     experiment,
@@ -459,8 +469,7 @@ def load_fit(
         return None
     result = _choose(found[0], criterion, n_states)
     result.loaded = True
-    if not _current_bootstrap(result.bootstrap, result):  # saved for another n or criterion
-        result.bootstrap = {}
+    result.bootstrap = _saved_bootstrap(root, experiment, key, result)
     return result
 
 

@@ -7,6 +7,9 @@ Layout::
                       table, maps, excluded runs, scaling summary)
         models.npz    per feasible n: startprob, transmat, means, covars (canonical
                       state order), plus the scaling arrays
+        bootstraps.json  bootstraps over runs computed after the fit (e.g. for
+                      another n), keyed by criterion/n/how n was chosen; the
+                      one computed with the fit is in fit.json
 
 ``key`` hashes the experiment fingerprint (which changes whenever any run's
 metadata or metrics change, see ``trainer.rundir.experiment_fingerprint``) and
@@ -36,6 +39,7 @@ FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
+BOOTSTRAPS_FILE = "bootstraps.json"  # bootstraps added later, for other n (analysis.bootstrap)
 STORE_VERSION = 2  # 2: detour tests and the corrected regression
 
 
@@ -161,25 +165,44 @@ def result_from_payload(payload: dict) -> FitResult:
     )
 
 
-def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
-    """Replace the bootstrap of the saved fit ``key`` (atomically); False if there is no such fit.
+def bootstrap_key(bootstrap: dict) -> str:
+    """Which request a bootstrap answers: criterion, n and whether n was given."""
+    how = "given" if bootstrap.get("n_given") else "selected"
+    return f"{bootstrap.get('criterion')}/{bootstrap.get('n')}/{how}"
 
-    The bootstrap does not change the sweep or the maps, so it is added to a
-    saved fit rather than making a new one.
+
+def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
+    """Add ``bootstrap`` to the saved fit ``key`` (atomically); False if there is no such fit.
+
+    The bootstrap does not change the sweep or the maps, so it is added to the
+    saved fit, in its own small file (one entry per :func:`bootstrap_key`, so
+    a bootstrap for another n does not replace the selected n's).
     """
-    path = fits_dir(root, experiment) / key / FIT_FILE
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
+    base = fits_dir(root, experiment) / key
+    if not (base / FIT_FILE).exists():
         return False
-    payload["bootstrap"] = bootstrap
-    tmp = path.with_name(f".{FIT_FILE}-{os.getpid()}-{time.monotonic_ns()}")
+    saved = _read_bootstraps(base)
+    saved[bootstrap_key(bootstrap)] = bootstrap
+    tmp = base / f".{BOOTSTRAPS_FILE}-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        tmp.write_text(json.dumps(_plain(payload), allow_nan=False))
-        os.replace(tmp, path)
+        tmp.write_text(json.dumps(_plain(saved), allow_nan=False))
+        os.replace(tmp, base / BOOTSTRAPS_FILE)
     finally:
         tmp.unlink(missing_ok=True)
     return True
+
+
+def find_bootstrap(root, experiment, key: str, request: dict) -> dict | None:
+    """The saved bootstrap of fit ``key`` for ``request`` (criterion, n, n_given), or None."""
+    found = _read_bootstraps(fits_dir(root, experiment) / key).get(bootstrap_key(request))
+    return dict(found) if found else None
+
+
+def _read_bootstraps(base: Path) -> dict:
+    try:
+        return json.loads((base / BOOTSTRAPS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:

@@ -175,14 +175,25 @@ def test_bootstrap_is_saved_loaded_and_added_to_an_existing_fit(tmp_path):
         # Not part of the key: the saved sweep is reused and the bootstrap added to it.
         added = api.fit_experiment(tmp_path, "exp", bootstrap=3, **fit)
         assert added.loaded and added.fingerprint == plain.fingerprint
-        assert added.bootstrap["n_resamples"] == 3
+        assert added.bootstrap["n_resamples"] == 3 and added.bootstrap["n"] == added.selected_n
         loaded = api.load_fit(tmp_path, "exp", **fit)
         assert loaded.bootstrap == json.loads(json.dumps(added.bootstrap))
         again = api.fit_experiment(tmp_path, "exp", bootstrap=3, **fit)
-        assert again.bootstrap == loaded.bootstrap  # loaded, not recomputed
-        # about another n: not shown with it
+        assert again.bootstrap == loaded.bootstrap  # loaded, not recomputed (same seconds)
+        # Another n gets its own bootstrap, saved beside the first.
         other_n = 1 if loaded.selected_n != 1 else 2
         assert api.load_fit(tmp_path, "exp", n_states=other_n, **fit).bootstrap == {}
+        other = api.fit_experiment(tmp_path, "exp", n_states=other_n, bootstrap=3, **fit)
+        assert other.bootstrap["n"] == other_n and other.bootstrap["n_given"]
+        assert api.load_fit(tmp_path, "exp", n_states=other_n, **fit).bootstrap == json.loads(
+            json.dumps(other.bootstrap)
+        )
+        assert api.load_fit(tmp_path, "exp", **fit).bootstrap == loaded.bootstrap
+        # A fit saved with its bootstrap keeps it in fit.json.
+        fresh = api.fit_experiment(tmp_path, "exp", bootstrap=2, refit=True, **fit)
+        assert api.load_fit(tmp_path, "exp", **fit).bootstrap == json.loads(
+            json.dumps(fresh.bootstrap)
+        )
     # A fit saved before bootstraps existed loads with an empty one.
     path = store.fits_dir(tmp_path, "exp") / plain.fingerprint / store.FIT_FILE
     payload = json.loads(path.read_text())

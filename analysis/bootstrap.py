@@ -30,8 +30,9 @@ Choices, and why:
   move every state's mean with the resample, and means are what states are
   matched by.
 * The sweep of a resample stops at ``n + span`` (``span=2`` by default; never
-  above the largest n the main fit tried): the largest n cost the most, and a
-  selected n that lands on that ceiling is reported in ``message``.
+  above the largest n the main fit tried) and is never extended past it: the
+  largest n cost the most, and resamples selecting that ceiling are counted in
+  ``message``.
 * Every restart starts from k-means, as in the main fit, never from the
   reference model: a start at the reference would keep EM in the reference's
   basin and overstate stability. ``restarts`` may be fewer than the main
@@ -338,10 +339,10 @@ def bootstrap_map(
             "counted as finding no state and no edge"
         )
     at_top = sum(s == hi for s in selected)
-    if at_top and hi < max_n:
+    if at_top and hi > 1:
         notes.append(
-            f"{at_top} of {n_resamples} resamples selected n={hi}, the largest tried "
-            f"in the bootstrap (n+{span}): their n may be larger"
+            f"{at_top} of {n_resamples} resamples selected n = {hi}, the largest tried in "
+            "the bootstrap: their n may be larger"
         )
     out.update(
         n_resamples=int(n_resamples),

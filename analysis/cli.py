@@ -21,9 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--criterion",
-        choices=("icl", "bic_best", "bic_mean", "aic_best", "heldout_ll"),
+        choices=(
+            "auto",
+            "icl_ess",
+            "bic_ess",
+            "icl",
+            "bic_best",
+            "bic_mean",
+            "aic_best",
+            "heldout_ll",
+        ),
         default=None,
-        help="how n is selected (default: the best in docs/selection.md; bic_mean = paper)",
+        help="how n is selected (default auto: icl below 300 checkpoints per run, icl_ess "
+        "from there; see docs/selection.md; bic_mean = paper)",
     )
     parser.add_argument(
         "--normalize",
@@ -57,11 +67,30 @@ def _fmt(value, digits=1) -> str:
     return f"{value:.{digits}f}"
 
 
+def format_selection(result) -> str:
+    """How n was selected, one note per line under "selected n = ..."; the ceiling as a warning."""
+    selection = getattr(result, "selection", None) or {}
+    lines = []
+    for note in selection.get("notes", []):
+        if note == selection.get("warning"):
+            lines.append(f"warning: {note}")
+        else:
+            lines.append(f"  {note}")
+    return "\n".join(lines)
+
+
 def format_sweep(result) -> str:
-    """The sweep table as aligned text, the selected n marked with '*'."""
+    """The sweep table as aligned text, the selected n marked with '*'.
+
+    "ICL ess" is ICL counting effective checkpoints (docs/selection.md); it is
+    "-" for fits saved before it existed. Without held-out runs every score is
+    in-sample, and the header says so.
+    """
+    selection = getattr(result, "selection", None) or {}
+    scored = "in-sample" if selection.get("heldout_runs") == 0 else "heldout"
     lines = [
-        f"{'n':>3} {'ok':>3} {'fail':>4} {'heldout LL (mean±std)':>24} {'best LL':>10} "
-        f"{'AIC best':>10} {'BIC mean':>10} {'BIC best':>10} {'ICL':>10}"
+        f"{'n':>3} {'ok':>3} {'fail':>4} {scored + ' LL (mean±std)':>24} {'best LL':>10} "
+        f"{'AIC best':>10} {'BIC mean':>10} {'BIC best':>10} {'ICL':>10} {'ICL ess':>10}"
     ]
     for row in result.sweep.itertuples():
         mark = "*" if row.n == result.selected_n else " "
@@ -69,7 +98,8 @@ def format_sweep(result) -> str:
         lines.append(
             f"{row.n:>2}{mark} {row.converged if row.feasible else 0:>3.0f} {row.failures:>4} "
             f"{ll:>24} {_fmt(row.heldout_ll_best):>10} {_fmt(row.aic_best):>10} "
-            f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10}"
+            f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10} "
+            f"{_fmt(getattr(row, 'icl_ess', None)):>10}"
         )
     for row in result.sweep.itertuples():
         if not row.feasible:
@@ -276,6 +306,8 @@ def main(args: argparse.Namespace) -> int:
     print(format_sweep(result))
     how = "given" if params.get("n_states") is not None else f"by {params['criterion']}"
     print(f"selected n = {result.selected_n} ({how})")
+    if format_selection(result):
+        print(format_selection(result))
     if result.bootstrap:
         print(format_bootstrap(result.bootstrap))
     print(format_map(result.map(), bootstrap=result.bootstrap))

@@ -110,6 +110,10 @@ class FitResult:
     # Added by analysis (defaults keep older constructors working):
     warnings: list[str] = field(default_factory=list)  # dropped features, truncated runs, ...
     loaded: bool = False  # True when this result came from the store, not a new fit
+    # How n was selected (analysis.model.describe_selection): criterion,
+    # max_states_tried, extended, at_ceiling, penalty, effective_rows,
+    # autocorr_time, message, ...; {} for fits saved before it existed.
+    selection: dict = field(default_factory=dict)
     # Stability of n, states and edges over resampled runs (analysis.bootstrap); {} if not run.
     bootstrap: dict = field(default_factory=dict)
 

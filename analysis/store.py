@@ -94,6 +94,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             "selected_n": result.selected_n,
             "maps": {str(n): m.to_dict() for n, m in result.maps.items()},
             "warnings": list(result.warnings),
+            "selection": dict(result.selection),
             "bootstrap": result.bootstrap,
             **extra,
         }
@@ -161,6 +162,7 @@ def result_from_payload(payload: dict) -> FitResult:
         selected_n=int(payload["selected_n"]),
         maps=maps,
         warnings=list(payload.get("warnings", [])),
+        selection=dict(payload.get("selection") or {}),  # absent in older fits
         bootstrap=dict(payload.get("bootstrap") or {}),  # absent in fits saved before it existed
     )
 

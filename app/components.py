@@ -24,7 +24,11 @@ def experiment_dropdown(prefix: str, root: str, selected: str | None) -> dcc.Dro
 
 def query_store(prefix: str, query: dict) -> dcc.Store:
     """The URL query this page was opened with; the page's own controls override it."""
-    clean = {k: v for k, v in query.items() if k in ("experiment", "n", "run", "metric")}
+    clean = {
+        k: v
+        for k, v in query.items()
+        if k in ("experiment", "n", "run", "metric", "experiments", "match")
+    }
     return dcc.Store(id=f"{prefix}-query", data=clean)
 
 

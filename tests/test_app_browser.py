@@ -29,7 +29,6 @@ pytestmark = pytest.mark.browser
 REFRESH_WAIT = 10  # the runs page polls every 3 s
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def xdg_dirs():
     """Chromium writes a profile and caches under these; keep them out of the home.
@@ -164,8 +163,24 @@ def nav(dash_duo, name: str):
     dash_duo.driver.find_element(By.LINK_TEXT, name).click()
 
 
+def upstream_unmount_race(entry: dict) -> bool:
+    """dash-cytoscape 1.0.2 sometimes logs this when a page with a graph unmounts.
+
+    Cytoscape's element collections call ``cy().notify`` from a queued style
+    update after react-cytoscapejs has destroyed the instance (seen in about 1
+    of 3 journeys, on a clean main too, never with a visible effect). It is the
+    only console error allowed, and only from the dash_cytoscape bundle.
+    """
+    message = entry.get("message", "")
+    return "dash_cytoscape" in message and "reading 'notify'" in message
+
+
 def assert_no_console_errors(dash_duo):
-    errors = [entry for entry in dash_duo.get_logs() if entry.get("level") == "SEVERE"]
+    errors = [
+        entry
+        for entry in dash_duo.get_logs()
+        if entry.get("level") == "SEVERE" and not upstream_unmount_race(entry)
+    ]
     assert errors == [], errors
 
 

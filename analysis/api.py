@@ -245,7 +245,7 @@ def fit_prepared(
     params: dict | None = None,
     max_states_cap: int = MAX_STATES_CAP,
     heldout: float = 0.2,
-    bootstrap: int = DEFAULT_RESAMPLES,
+    bootstrap: int = 0,
 ) -> tuple[FitResult, dict[int, dict]]:
     """Sweep, select and map already prepared runs; return the result and canonical arrays.
 
@@ -254,7 +254,9 @@ def fit_prepared(
     ``heldout`` is the share the runs were split with (for the message when
     too few runs left none held out). ``bootstrap`` resamples of the runs
     measure how stable the selected n, the states and the edges are
-    (``result.bootstrap``; 0 = off); see :mod:`analysis.bootstrap`.
+    (``result.bootstrap``; 0 = off, the default here because studies and
+    benchmarks fit many experiments; :func:`fit_experiment` asks for
+    ``DEFAULT_RESAMPLES``); see :mod:`analysis.bootstrap`.
     """
     _check_bootstrap(bootstrap)
     X, lengths = prepared.stack(prepared.train)

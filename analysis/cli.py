@@ -146,9 +146,13 @@ def format_regression(reg: dict, censored: int) -> str:
     )
 
 
-def format_map(training_map) -> str:
-    """A text summary of a training map: nodes, detour tests, edges, regression."""
+def format_map(training_map, names: dict[int, str] | None = None) -> str:
+    """A text summary of a training map: nodes (with captions and the names users
+    gave them), detour tests, edges, regression."""
+    from analysis.captions import state_caption
+
     m = training_map
+    names = names or {}
     lines = [f"states ({m.n_states}):"]
     for s in m.states:
         flags = []
@@ -163,6 +167,8 @@ def format_map(training_map) -> str:
             f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
             + (f" [{', '.join(flags)}]" if flags else "")
         )
+        named = f"{names[s.state]!r}: " if names.get(s.state) else ""
+        lines.append(f"      {named}{state_caption(m, s.state)}")
         detour = format_detour(s.detour)
         if detour:
             lines.append(f"      {detour}")
@@ -252,5 +258,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"selected n = {result.selected_n} ({how})")
     if format_selection(result):
         print(format_selection(result))
-    print(format_map(result.map()))
+    names = api.state_names(root, experiment, result.fingerprint, result.selected_n)
+    print(format_map(result.map(), names))
+    print("(features and terms explained: trainmap glossary)")
     return 0

@@ -991,12 +991,8 @@ def name_phases(figure: Mapping, labels: Mapping | None, all_seeds: bool = False
         name = str(trace.get("name") or "")
         if name.startswith("state S") and name[7:].isdigit():
             state = int(name[7:])
-            entry = (labels or {}).get(state) or {}
-            trace = {
-                **trace,
-                "name": f"{_label(labels, state)}" + (f" · {entry['caption']}" if entry else ""),
-                "hovertemplate": f"{_label(labels, state)}<extra></extra>",
-            }
+            # The label only: captions make the legend overflow; map and strip show them.
+            trace = {**trace, "name": _label(labels, state)}
         traces.append(trace)
     figure["data"] = traces
     layout = dict(figure.get("layout") or {})
@@ -1010,7 +1006,7 @@ def name_phases(figure: Mapping, labels: Mapping | None, all_seeds: bool = False
     if all_seeds and shapes:
         layout["legend"] = {
             **(layout.get("legend") or {}),
-            "title": {"text": "phases (most common state over all runs): "},
+            "title": {"text": "shading: most common state per epoch over all runs · "},
         }
     figure["layout"] = layout
     return figure

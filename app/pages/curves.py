@@ -237,4 +237,6 @@ def download_run(_clicks, experiment, run, n):
         return no_update
     states = data.run_states(root, experiment, fp, int(n), run) if n is not None else None
     out = figures.run_export_frame(frame, states)
+    if n is not None:
+        out = figures.with_state_names(out, data.state_labels(root, experiment, fp, int(n)))
     return dcc.send_data_frame(out.to_csv, f"{experiment}-{run}-metrics.csv", index=False)

@@ -250,6 +250,13 @@ def show_evidence(experiment, n):
     ]
 
 
+def _feature_cell(row: dict) -> list:
+    """A feature's display name (glossary) and its column id, small, to match the CLI."""
+    if not row.get("name") or row["name"] == row["feature"]:
+        return [row["feature"]]
+    return [row["name"], " ", html.Span(row["feature"], className="muted")]
+
+
 @callback(Output("map-hover-edge", "children"), Input("map-graph", "mouseoverEdgeData"))
 def hover_edge(edge):
     if not edge:
@@ -258,7 +265,7 @@ def hover_edge(edge):
     rows = [
         html.Tr(
             [
-                html.Td(f.get("name", f["feature"]), title=f.get("title")),
+                html.Td(_feature_cell(f), title=f.get("title")),
                 html.Td(f["arrow"], className="arrow"),
                 html.Td(f"{f['delta_z']:+.2f} z"),
             ]
@@ -297,7 +304,7 @@ def hover_node(node):
     rows = [
         html.Tr(
             [
-                html.Td(p.get("name", p["feature"]), title=p.get("title")),
+                html.Td(_feature_cell(p), title=p.get("title")),
                 html.Td(f"{p['z']:+.2f} z"),
             ]
         )

@@ -1029,6 +1029,10 @@ def with_state_names(frame: pd.DataFrame, labels: Mapping | None) -> pd.DataFram
 
 STRIP_ROW_PX = 22
 STRIP_MAX_HEIGHT = 900
+# Past these sizes the strip drops per-cell hover labels (hover says "S<k>") and
+# per-row tick labels (they would overlap); the marks stay.
+STRIP_MAX_TEXT_CELLS = 40_000
+STRIP_MAX_TICKS = 60
 
 
 def strip_order(training_map) -> list[str]:
@@ -1060,7 +1064,11 @@ def strip_figure(
     for i, run in enumerate(runs):
         for epoch, state in zip(training_map.epochs[run], training_map.paths[run]):
             z[i, column[int(epoch)]] = int(state)
-    text = [[_label(labels, v) if np.isfinite(v) else "" for v in row] for row in z]
+    if z.size <= STRIP_MAX_TEXT_CELLS:
+        text = [[_label(labels, v) if np.isfinite(v) else "" for v in row] for row in z]
+        hover = "%{y}<br>epoch %{x}<br>%{text}<extra></extra>"
+    else:
+        text, hover = None, "%{y}<br>epoch %{x}<br>S%{z}<extra></extra>"
     # A discrete colour scale: state k covers [k - 0.5, k + 0.5] of [-0.5, n - 0.5].
     scale = []
     for k in range(n):
@@ -1077,7 +1085,7 @@ def strip_figure(
             showscale=False,
             xgap=0,
             ygap=1,
-            hovertemplate="%{y}<br>epoch %{x}<br>%{text}<extra></extra>",
+            hovertemplate=hover,
             name="states",
         )
     )
@@ -1164,8 +1172,9 @@ def strip_figure(
             "title": "run (by convergence epoch)",
             "autorange": "reversed",
             "type": "category",
-            "tickvals": runs,
-            "ticktext": ticktext,
+            "tickvals": runs if len(runs) <= STRIP_MAX_TICKS else None,
+            "ticktext": ticktext if len(runs) <= STRIP_MAX_TICKS else None,
+            "showticklabels": len(runs) <= STRIP_MAX_TICKS,
             "automargin": True,
         },
         legend={"orientation": "h", "y": -0.15, "yanchor": "top"},

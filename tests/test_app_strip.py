@@ -141,3 +141,11 @@ def test_metric_options_grouped_by_hook_point_and_searchable():
     assert l2["label"] == "l2 · L2 (Frobenius) norm" and "Frobenius" in l2["search"]
     assert l2["title"].startswith("L2 (Frobenius) norm:")
     assert next(o for o in options if o["value"] == "custom")["label"] == "custom"
+
+
+def test_a_large_strip_stays_light(fit, monkeypatch):
+    monkeypatch.setattr(figures, "STRIP_MAX_TEXT_CELLS", 10)
+    monkeypatch.setattr(figures, "STRIP_MAX_TICKS", 4)
+    fig = figures.strip_figure(fit.map(4))
+    assert fig.data[0].text is None and "S%{z}" in fig.data[0].hovertemplate
+    assert fig.layout.yaxis.showticklabels is False and fig.layout.yaxis.ticktext is None

@@ -1163,8 +1163,10 @@ def strip_figure(
     ticktext = [f"{r} (never converged)" if conv.get(r) is None else r for r in runs]
     fig.update_layout(
         shapes=shapes,
-        height=min(STRIP_MAX_HEIGHT, 140 + STRIP_ROW_PX * len(runs)),
-        margin={"l": 10, "r": 20, "t": 40, "b": 40},
+        # The legend (states with captions, marks) gets its own band at the bottom
+        # of the figure, never over the last rows.
+        height=min(STRIP_MAX_HEIGHT, 200 + STRIP_ROW_PX * len(runs)),
+        margin={"l": 10, "r": 20, "t": 40, "b": 110},
         template="plotly_white",
         title={"text": "Runs × epochs: decoded state per checkpoint (click a row)", "x": 0},
         xaxis={"title": "epoch"},
@@ -1177,7 +1179,7 @@ def strip_figure(
             "showticklabels": len(runs) <= STRIP_MAX_TICKS,
             "automargin": True,
         },
-        legend={"orientation": "h", "y": -0.15, "yanchor": "top"},
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
         clickmode="event",
         hovermode="closest",
         uirevision="strip",

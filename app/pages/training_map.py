@@ -464,8 +464,10 @@ def save_name(_clicks, _submit, experiment, n, state, name, version):
     if experiment is None or n is None or state is None:
         return "Choose a state first.", no_update
     try:
-        name = data.rename_state(root, experiment, int(n), int(state), name or "")
-    except StateNameError as error:
-        return f"Not saved: {error}", no_update
-    saved = f"S{int(state)} is now named {name!r}." if name else f"S{int(state)} has no name now."
+        n, state = int(n), int(state)
+        name = data.rename_state(root, experiment, n, state, name or "")
+    except (TypeError, ValueError) as error:  # StateNameError is a ValueError
+        reason = error if isinstance(error, StateNameError) else "not a state of this map"
+        return f"Not saved: {reason}", no_update
+    saved = f"S{state} is now named {name!r}." if name else f"S{state} has no name now."
     return saved, (version or 0) + 1

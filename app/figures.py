@@ -979,6 +979,10 @@ def modal_states(training_map) -> tuple[list[int], list[int]]:
     return epochs, states
 
 
+# A shaded stretch at least this share of the x range shows its state's name.
+PHASE_LABEL_MIN_WIDTH = 0.12
+
+
 def name_phases(figure: Mapping, labels: Mapping | None, all_seeds: bool = False) -> dict:
     """A copy of a metric figure (plain dict) whose phase legend and shapes use state names.
 
@@ -996,11 +1000,20 @@ def name_phases(figure: Mapping, labels: Mapping | None, all_seeds: bool = False
         traces.append(trace)
     figure["data"] = traces
     layout = dict(figure.get("layout") or {})
+    rects = [s for s in layout.get("shapes") or [] if s.get("type") == "rect"]
+    span = max((s["x1"] for s in rects), default=0) - min((s["x0"] for s in rects), default=0)
     shapes = []
     for shape in layout.get("shapes") or []:
         name = str(shape.get("name") or "")
         if name.startswith("S") and name[1:].isdigit():
             shape = {**shape, "name": _label(labels, int(name[1:]))}
+            # The phase's name written in its stretch, where there is room for it.
+            if span > 0 and (shape["x1"] - shape["x0"]) >= PHASE_LABEL_MIN_WIDTH * span:
+                shape["label"] = {
+                    "text": shape["name"],
+                    "textposition": "top left",
+                    "font": {"size": 11, "color": "#333"},
+                }
         shapes.append(shape)
     layout["shapes"] = shapes
     if all_seeds and shapes:

@@ -94,6 +94,12 @@ def test_all_seeds_curves_are_shaded_by_the_most_common_state(fit):
     rects = [s for s in named["layout"]["shapes"] if s["type"] == "rect"]
     assert len(rects) == len(figures.state_segments(epochs, path))
     assert rects[0]["name"] == "S0 early"
+    span = rects[-1]["x1"] - rects[0]["x0"]
+    for rect in rects:  # wide stretches are labelled in place, narrow ones are not
+        wide = rect["x1"] - rect["x0"] >= figures.PHASE_LABEL_MIN_WIDTH * span
+        assert ("label" in rect) == wide
+        assert not wide or rect["label"]["text"] == rect["name"]
+    assert any("label" in rect for rect in rects)
     assert "S0 early" in [t["name"] for t in named["data"]]
     assert "most common state" in named["layout"]["legend"]["title"]["text"]
 

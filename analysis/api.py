@@ -586,3 +586,34 @@ def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> d
     n = result.selected_n if n is None else int(n)
     arrays = found[1].get(n)
     return None if arrays is None else {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def state_names(root: str | os.PathLike, experiment: str, fit_key: str, n: int) -> dict[int, str]:
+    """The names users gave the states of the ``n``-state map of a saved fit ({} if none)."""
+    from analysis import store
+
+    return store.read_state_names(root, experiment, fit_key).get(int(n), {})
+
+
+def rename_state(
+    root: str | os.PathLike, experiment: str, fit_key: str, n: int, state: int, name: str
+) -> str:
+    """Name state ``state`` of the ``n``-state map of a saved fit; "" removes the name.
+
+    The name is checked (``analysis.captions.clean_state_name``: at most 40
+    characters, no control characters) and stored next to the fit. Returns the
+    cleaned name. Raises ``StateNameError`` for a bad name or an unknown fit, n or state.
+    """
+    from analysis import store
+    from analysis.captions import StateNameError, clean_state_name
+
+    name = clean_state_name(name)
+    fit = next((f for f in store.list_saved(root, experiment) if f["key"] == fit_key), None)
+    if fit is None:
+        raise StateNameError(f"experiment {experiment} has no saved fit {fit_key}")
+    if int(n) not in fit["feasible_n"]:
+        raise StateNameError(f"the fit has no {n}-state map; it has n = {fit['feasible_n']}")
+    if not 0 <= int(state) < int(n):
+        raise StateNameError(f"the {n}-state map has states 0..{int(n) - 1}, not {state}")
+    store.write_state_name(root, experiment, fit_key, int(n), int(state), name)
+    return name

@@ -154,13 +154,19 @@ def format_regression(reg: dict, censored: int) -> str:
     )
 
 
-def format_map(training_map, bootstrap: dict | None = None) -> str:
-    """A text summary of a training map: nodes, detour tests, edges, regression.
+def format_map(
+    training_map, bootstrap: dict | None = None, names: dict[int, str] | None = None
+) -> str:
+    """A text summary of a training map: nodes (with captions and the names users
+    gave them), detour tests, edges, regression.
 
     ``bootstrap`` (``FitResult.bootstrap``) adds the stability of each state and
     edge when it is about this map's n.
     """
+    from analysis.captions import state_caption
+
     m = training_map
+    names = names or {}
     lines = [f"states ({m.n_states}):"]
     for s in m.states:
         flags = []
@@ -175,6 +181,8 @@ def format_map(training_map, bootstrap: dict | None = None) -> str:
             f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
             + (f" [{', '.join(flags)}]" if flags else "")
         )
+        named = f"{names[s.state]!r}: " if names.get(s.state) else ""
+        lines.append(f"      {named}{state_caption(m, s.state)}")
         detour = format_detour(s.detour)
         if detour:
             lines.append(f"      {detour}")
@@ -310,5 +318,7 @@ def main(args: argparse.Namespace) -> int:
         print(format_selection(result))
     if result.bootstrap:
         print(format_bootstrap(result.bootstrap))
-    print(format_map(result.map(), bootstrap=result.bootstrap))
+    names = api.state_names(root, experiment, result.fingerprint, result.selected_n)
+    print(format_map(result.map(), bootstrap=result.bootstrap, names=names))
+    print("(features and terms explained: trainmap glossary)")
     return 0

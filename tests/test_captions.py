@@ -190,6 +190,6 @@ def test_fit_output_shows_captions(fitted):
 
     root, result = fitted
     tmap = result.map()
-    text = format_map(tmap, {0: "early"})
+    text = format_map(tmap, names={0: "early"})
     assert "'early': epoch" in text
     assert np.all([captions.state_caption(tmap, s.state) in text for s in tmap.states])

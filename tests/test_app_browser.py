@@ -228,6 +228,12 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
     assert ("↑" if top.delta_z > 0 else "↓") in text and f"{top.delta_z:+.2f} z" in text
     if edge.mean_convergence_epoch is not None:
         assert f"{round(edge.mean_convergence_epoch, 1)}" in text
+    edge_share = evidence.stability_share(
+        fit.bootstrap.get("edge_stability"), f"{edge.source}->{edge.target}"
+    )
+    assert dash_duo.find_element("#map-edge-stability").text == evidence.stability_words(
+        edge_share, fit.bootstrap.get("n_resamples")
+    )
 
     # Hover a node (a detour if there is one) through Cytoscape's own event.
     state = next((s for s in tmap.states if s.is_detour), tmap.states[-1])
@@ -253,7 +259,22 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
     assert [i.text for i in items] == [
         evidence.detour_words(f"S{s.state}", s.detour) for s in tested
     ]
-    assert "no bootstrap" in dash_duo.find_element("#evidence-n").text
+    # The bootstrap over runs: how often each n is selected, each state found.
+    boot = fit.bootstrap
+    assert boot.get("n_resamples"), "8 runs are enough for the bootstrap"
+    assert dash_duo.find_element("#evidence-n").text == evidence.n_distribution_words(
+        boot, fit.selected_n
+    )
+    share = evidence.stability_share(boot.get("state_stability"), state.state)
+    assert dash_duo.find_element("#map-node-stability").text == evidence.stability_words(
+        share, boot["n_resamples"]
+    )
+    opacity = dash_duo.driver.execute_script(
+        "return document.getElementById('map-graph')._cyreg.cy"
+        ".getElementById(arguments[0]).data('opacity');",
+        f"s{state.state}",
+    )
+    assert opacity == evidence.opacity(share)
 
     # A screenshot of map plus hover panel renders (tests never rewrite docs/).
     time.sleep(0.5)
@@ -460,10 +481,15 @@ def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app)
             near |= {f"e{e.source}-{e.target}", f"s{e.source}", f"s{e.target}"}
     far = [f"s{s.state}" for s in tmap.states if f"s{s.state}" not in near]
     far += [f"e{e.source}-{e.target}" for e in tmap.edges if f"e{e.source}-{e.target}" not in near]
-    wait_for(lambda: float(cy_style(dash_duo, f"s{node}", "font-size")[:-2]) == 20, message="focus")
-    # Kept at their own opacity (edges are drawn at 0.75 without a bootstrap).
-    assert far and all(float(cy_style(dash_duo, i, "opacity")) < 0.5 for i in far)
-    assert all(float(cy_style(dash_duo, i, "opacity")) >= 0.75 for i in near)
+    wait_for(lambda: cy_style(dash_duo, f"s{node}", "font-weight") == "bold", message="focus")
+    # The neighbourhood keeps its own opacity (its bootstrap stability); the rest fades.
+    assert far and all(float(cy_style(dash_duo, i, "opacity")) < 0.1 for i in far)
+    own = "return document.getElementById('map-graph')._cyreg.cy.getElementById(arguments[0])"
+    own += ".data('opacity');"
+    for i in near:
+        assert float(cy_style(dash_duo, i, "opacity")) == pytest.approx(
+            dash_duo.driver.execute_script(own, i)
+        )
     # Counts are pluralised.
     visited = tmap.states[0].visited_runs
     assert (
@@ -481,9 +507,9 @@ def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app)
     )
     wait_for(
         lambda: (
-            float(cy_style(dash_duo, f"s{edge.source}", "opacity")) == 1
+            float(cy_style(dash_duo, f"s{edge.source}", "opacity")) > 0.1
             and all(
-                float(cy_style(dash_duo, f"s{s.state}", "opacity")) < 0.5
+                float(cy_style(dash_duo, f"s{s.state}", "opacity")) < 0.1
                 for s in tmap.states
                 if s.state not in (edge.source, edge.target)
             )

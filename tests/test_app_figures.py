@@ -15,7 +15,7 @@ import pytest
 from test_app_support import truth_fit
 
 from analysis.synthetic import make_synthetic
-from app import figures
+from app import evidence, figures
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +237,10 @@ def test_map_stylesheet_focus_neighbours_and_marks_that_combine(fit):
     assert set(figures.neighbourhood(elements, "s2")) == {"s2", "e0-2", "e2-1", "s0", "s1"}
     assert figures.neighbourhood(elements, "s9") == []
     plain = figures.map_stylesheet()
-    assert not any(rule["selector"] == "node, edge" for rule in plain)
-    focused = figures.map_stylesheet(figures.neighbourhood(elements, "s2"), "s2")
+    assert figures.focus_stylesheet([]) == []
+    focused = figures.focus_stylesheet(figures.neighbourhood(elements, "s2"), "s2")
     fade = next(rule for rule in focused if rule["selector"] == "node, edge")
-    assert fade["style"]["opacity"] < 0.5
+    assert fade["style"]["opacity"] < 0.75 * evidence.MIN_OPACITY
     keep = focused[focused.index(fade) + 1]
     assert all(f'[id = "{i}"]' in keep["selector"] for i in ("s2", "e0-2", "e2-1", "s0", "s1"))
     assert '[id = "s3"]' not in keep["selector"]

@@ -7,7 +7,7 @@ Layout (see docs/format.md for the full description)::
         RUN/
           meta.json             metadata, replaced atomically on every change
           metrics.jsonl         one JSON object per checkpoint, appended
-          state/                resume state: arrays.npz + state.json (no pickle)
+          state/arrays.npz      resume state: arrays and their epoch/step in one file (no pickle)
         .fits/                  analysis results (owned by analysis.store)
 
 Guarantees the rest of trainmap relies on:
@@ -17,7 +17,8 @@ Guarantees the rest of trainmap relies on:
   half line at the end; readers ignore text after the last newline, so they
   always see a consistent prefix, even while a run is being written;
 * ``meta.json`` and the resume state are written to a temporary file and
-  renamed, so they are either the old or the new version, never half;
+  renamed, so they are either the old or the new version, never half; the
+  resume state is one file, so its arrays and its epoch cannot disagree;
 * nothing here unpickles: metrics are JSON, arrays are ``.npz`` read with
   ``allow_pickle=False``;
 * names of experiments and runs are checked, and every path is resolved and
@@ -47,6 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainer.errors import UserError
+
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
@@ -61,7 +64,7 @@ INDEX_COLUMNS = ("epoch", "step")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,127}$")
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """A run directory (or a name or path for one) is not usable; the message says why."""
 
 
@@ -130,6 +133,25 @@ def _json_value(value: Any) -> Any:
         return int(value)
     number = float(value)  # numpy scalars, 0-d arrays and 0-d tensors all support float()
     return number if math.isfinite(number) else None
+
+
+def _label(path: Path) -> str:
+    """``EXPERIMENT/RUN`` of a run directory, to name the run in messages."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _exists_no_follow(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _read_file(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _is_int64(value: Any) -> bool:
+    """A JSON integer (not a bool) that fits numpy's int64."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def _versions() -> dict[str, str]:
@@ -328,32 +350,91 @@ class RunWriter:
 
 
 # ---------------------------------------------------------- resume state
+# One file, one rename: the arrays and the JSON info (epoch, step, optimizer
+# scalars) travel together in ``state/arrays.npz`` (the info as the uint8 array
+# ``STATE_INFO_KEY``), so a kill at any moment leaves either the previous state or
+# the new one, never new weights labelled with an old epoch.
+
+STATE_INFO_KEY = "__trainmap_state__"
 
 
 def save_state(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], info: Mapping) -> None:
-    """Save resume state as plain arrays plus JSON, atomically (never pickle)."""
+    """Save resume state as plain arrays plus JSON in one file, atomically (never pickle)."""
+    if STATE_INFO_KEY in arrays:
+        raise RunDirError(f"{STATE_INFO_KEY!r} is reserved in a resume state")
     state_dir = Path(path) / STATE_DIR
+    if state_dir.is_symlink():
+        raise UnsafePathError(f"{state_dir} is a symlink: refused")
     state_dir.mkdir(exist_ok=True)
+    payload = json.dumps({"info": dict(info), "arrays": sorted(arrays)}).encode()
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(
+        buffer,
+        **{k: np.asarray(v) for k, v in arrays.items()},
+        **{STATE_INFO_KEY: np.frombuffer(payload, dtype=np.uint8)},
+    )
     _write_atomic(state_dir / STATE_ARRAYS, buffer.getvalue())
-    # The JSON names the arrays it belongs with and is written last, so a kill
-    # between the two writes is detected as a mismatch rather than mixing states.
-    payload = {"info": dict(info), "arrays": sorted(arrays)}
-    _write_atomic(state_dir / STATE_INFO, json.dumps(payload).encode())
+    # state.json of the older two-file layout would now describe other arrays
+    (state_dir / STATE_INFO).unlink(missing_ok=True)
 
 
-def load_state(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict] | None:
-    """Return (arrays, info) saved by :func:`save_state`, or None if there is none."""
-    state_dir = Path(path) / STATE_DIR
-    if not (state_dir / STATE_INFO).exists():
+def load_state(
+    path: str | os.PathLike, *, check_metrics: bool = False
+) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Return (arrays, info) saved by :func:`save_state`, or None if there is none.
+
+    Anything unusable (a file that is not a readable npz, object arrays, which
+    would need pickle, arrays that do not match their description, a symlink)
+    raises RunDirError with a one-line reason. With ``check_metrics`` the state's
+    ``epoch`` and ``step`` must also be a row of ``metrics.jsonl`` (the row is
+    written before its state), so a state that does not belong to the run's
+    metrics is refused rather than resumed from.
+    """
+    path = Path(path)
+    state_dir = path / STATE_DIR
+    arrays_file = state_dir / STATE_ARRAYS
+    if not _exists_no_follow(arrays_file) and not _exists_no_follow(state_dir / STATE_INFO):
         return None
-    payload = json.loads((state_dir / STATE_INFO).read_text())
-    with np.load(state_dir / STATE_ARRAYS, allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    if sorted(arrays) != payload["arrays"]:
-        raise RunDirError(f"resume state in {state_dir} is inconsistent (interrupted save)")
-    return arrays, payload["info"]
+    where = f"resume state {_label(path)}/{STATE_DIR}"
+    try:
+        if state_dir.is_symlink():
+            raise RunDirError("the state directory is a symlink: refused")
+        with np.load(io.BytesIO(_read_file(arrays_file)), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        if STATE_INFO_KEY in arrays:
+            payload = json.loads(arrays.pop(STATE_INFO_KEY).tobytes())
+        else:  # the older layout: state.json beside arrays.npz, written after it
+            info_file = state_dir / STATE_INFO
+            if info_file.stat().st_mtime_ns < arrays_file.stat().st_mtime_ns:
+                raise RunDirError(
+                    f"{STATE_ARRAYS} is newer than {STATE_INFO} (a save was interrupted)"
+                )
+            payload = json.loads(_read_file(info_file))
+        if not isinstance(payload, dict) or not isinstance(payload.get("info"), dict):
+            raise RunDirError("its description is not a JSON object with 'info'")
+        if sorted(arrays) != payload.get("arrays"):
+            raise RunDirError("its arrays do not match their description (interrupted save)")
+        info = payload["info"]
+        for key in INDEX_COLUMNS:
+            if key in info and not _is_int64(info[key]):
+                raise RunDirError(f"its {key} is {info[key]!r}, not an integer")
+    except RunDirError as error:
+        raise RunDirError(f"{where} is unusable: {error}; remove {state_dir} to restart") from None
+    except Exception as error:  # noqa: BLE001 - any damage to an untrusted file, in one line
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunDirError(
+            f"{where} is unreadable ({type(error).__name__}: {reason}); remove {state_dir} "
+            "to restart the run"
+        ) from None
+    if check_metrics and all(key in info for key in INDEX_COLUMNS):
+        rows = {(row["epoch"], row["step"]) for row in _rows(path)}
+        if (info["epoch"], info["step"]) not in rows:
+            raise RunDirError(
+                f"{where} is at epoch {info['epoch']} step {info['step']}, which is not a "
+                f"checkpoint in {METRICS_FILE}: it does not belong to this run's metrics; "
+                f"remove {state_dir} to restart the run"
+            )
+    return arrays, info
 
 
 # ------------------------------------------------------------------ reading
@@ -456,6 +537,10 @@ def _complete_lines(path: Path) -> list[bytes]:
         raise RunDirError(f"no {METRICS_FILE}")
     data = metrics_file.read_bytes()
     return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [_parse_row(line, n) for n, line in enumerate(_complete_lines(path), start=1)]
 
 
 def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> RunSummary:

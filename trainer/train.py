@@ -83,9 +83,21 @@ def train_run(
 
         # --- resume from the last checkpoint's state, if asked and there is one
         start_epoch, step, keep_through_step = 1, 0, None
-        state = rundir.load_state(path) if resume and (path / rundir.META_FILE).exists() else None
+        # The state must be one of the run's checkpoints (load_state checks it
+        # against metrics.jsonl); an unusable one stops with its reason.
+        state = None
+        if resume and (path / rundir.META_FILE).exists():
+            state = rundir.load_state(path, check_metrics=True)
         if state is not None:
-            start_epoch, step = restore_state(state, model, optimizer, batch_order)
+            try:
+                start_epoch, step = restore_state(state, model, optimizer, batch_order)
+            except (KeyError, ValueError, TypeError, RuntimeError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise rundir.RunDirError(
+                    f"resume state of {experiment}/{run} does not fit this model and optimizer "
+                    f"({type(error).__name__}: {reason}); remove {path / rundir.STATE_DIR} "
+                    "to restart the run"
+                ) from None
             start_epoch += 1  # the saved epoch is complete
             keep_through_step = step
         tracker = Tracker(

@@ -225,10 +225,14 @@ def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[s
     all of them would make the first view of a 400-run experiment take minutes.
     """
     names: dict[str, None] = {}
-    for run in run_names(root, experiment, fp)[:sample]:
+    readable = 0
+    for run in run_names(root, experiment, fp):  # broken runs do not count towards the sample
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
             names.update(dict.fromkeys(figures.metric_columns(frame.columns)))
+            readable += 1
+            if readable == sample:
+                break
     return list(names)
 
 

@@ -438,6 +438,88 @@ def load_state(
 
 
 # ------------------------------------------------------------------ reading
+# Run directories may come from anyone (copied, synced, hand-edited): every
+# value a reader uses is checked by type here, and every failure to parse
+# becomes a RunDirError with the reason, so one bad run is "broken" and never
+# takes down a listing, a fit or the dashboard.
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise RunDirError(f"{what} is nested too deeply to read") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{what} is not valid JSON ({error})") from None
+    except ValueError as error:  # e.g. an integer too long to convert
+        raise RunDirError(f"{what} is not valid JSON ({error})") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _optional(kind):
+    return lambda value: value is None or kind(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_checkpoint(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_int64(value.get(key)) for key in INDEX_COLUMNS)
+
+
+def _is_writer(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and _optional(_is_str)(value.get("host"))
+        and _optional(_is_int64)(value.get("pid"))
+    )
+
+
+# meta.json fields a reader uses: (check, what it must be). Absent fields are
+# fine (a user's own writer may leave them out); present ones must have the type.
+META_FIELDS = {
+    "experiment": (_is_str, "a string"),
+    "run": (_is_str, "a string"),
+    "task": (_optional(_is_str), "a string or null"),
+    "seed": (_optional(_is_int64), "an integer (int64) or null"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "hook_points": (_is_str_list, "a list of strings"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
+    "started_at": (_optional(_is_str), "a string or null"),
+    "ended_at": (_optional(_is_str), "a string or null"),
+    "updated_at": (_optional(_is_str), "a string or null"),
+    "last_checkpoint": (_optional(_is_checkpoint), 'null or {"epoch": int, "step": int}'),
+    "diverged_at_epoch": (_optional(_is_int64), "an integer (int64) or null"),
+    "error": (_optional(_is_str), "a string or null"),
+    "writer": (_optional(_is_writer), 'null or {"host": string, "pid": int}'),
+}
+
+
+def check_meta(meta: Any) -> dict[str, Any]:
+    """Return ``meta`` if it is a usable version-1 metadata object, else raise RunDirError."""
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{META_FILE} does not hold a JSON object")
+    version = meta.get("format_version")
+    if not _is_int64(version) or not 1 <= version <= FORMAT_VERSION:
+        raise RunDirError(
+            f"{META_FILE} has format_version {_short(version)}; this trainmap reads 1"
+        )
+    status = meta.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        raise RunDirError(f"{META_FILE} has unknown status {_short(status)}")
+    for key, (check, expected) in META_FIELDS.items():
+        if key in meta and not check(meta[key]):
+            raise RunDirError(f"{META_FILE} field {key!r} is {_short(meta[key])}, not {expected}")
+    return meta
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -445,47 +527,53 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     meta_file = Path(path) / META_FILE
     if not meta_file.is_file():
         raise RunDirError(f"no {META_FILE}: not a trainmap run")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirError(f"{META_FILE} is not valid JSON ({error})") from None
-    if not isinstance(meta, dict):
-        raise RunDirError(f"{META_FILE} does not hold a JSON object")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise RunDirError(f"{META_FILE} has format_version {version!r}; this trainmap reads 1")
-    if meta.get("status") not in STATUSES:
-        raise RunDirError(f"{META_FILE} has unknown status {meta.get('status')!r}")
-    return meta
+    return check_meta(_loads(_read_file(meta_file), META_FILE))
 
 
 def _parse_row(line: bytes, number: int) -> dict:
-    try:
-        row = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON") from None
+    row = _loads(line, f"{METRICS_FILE} line {number}")
     if not isinstance(row, dict) or any(key not in row for key in INDEX_COLUMNS):
         raise RunDirError(f"{METRICS_FILE} line {number} is not a checkpoint row")
+    for key in INDEX_COLUMNS:
+        if not _is_int64(row[key]):
+            raise RunDirError(
+                f"{METRICS_FILE} line {number}: {key} is {_short(row[key])}, not an integer (int64)"
+            )
     return row
+
+
+def _number(value: Any) -> float:
+    """A metric value as a float: numbers as they are, anything else NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range
+        return math.inf if value > 0 else -math.inf
 
 
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     """Read the completed checkpoints of a run as a DataFrame.
 
     Columns: ``epoch``, ``step``, then metric columns in order of first
-    appearance; missing values are NaN. Text after the last newline (a row being
-    written, or left half-written by a killed writer) is ignored. A complete
-    line that is not a JSON object raises RunDirError naming the line.
+    appearance; missing and non-numeric values are NaN. Text after the last
+    newline (a row being written, or left half-written by a killed writer) is
+    ignored. A complete line that is not a JSON object with integer ``epoch``
+    and ``step`` raises RunDirError naming the line.
     """
-    lines = _complete_lines(Path(path))
-    rows = [_parse_row(line, number) for number, line in enumerate(lines, start=1)]
+    rows = _rows(Path(path))
     frame = pd.DataFrame.from_records(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=list(INDEX_COLUMNS))
     for key in INDEX_COLUMNS:
         frame[key] = frame[key].astype("int64")
     others = [c for c in frame.columns if c not in INDEX_COLUMNS]
-    numeric = {c: pd.to_numeric(frame[c], errors="coerce") for c in others}
+    numeric = {}
+    for column in others:
+        try:
+            numeric[column] = pd.to_numeric(frame[column], errors="coerce")
+        except (TypeError, ValueError, OverflowError):  # values pandas cannot coerce
+            numeric[column] = frame[column].map(_number).astype(float)
     return pd.concat([frame[list(INDEX_COLUMNS)], pd.DataFrame(numeric, index=frame.index)], axis=1)
 
 
@@ -543,8 +631,20 @@ def _rows(path: Path) -> list[dict]:
     return [_parse_row(line, n) for n, line in enumerate(_complete_lines(path), start=1)]
 
 
+def _unexpected(error: Exception) -> str:
+    """The reason for a failure the checks above did not foresee (a bug, or a new kind of damage).
+
+    Kept apart so tests can tell that it never happens for the damage they know.
+    """
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{UNEXPECTED} ({type(error).__name__}: {text[:200]})"
+
+
+UNEXPECTED = "unreadable for an unforeseen reason"
+
+
 def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> RunSummary:
-    """A run's listing entry, without parsing every checkpoint.
+    """A run's listing entry, without parsing every checkpoint; never raises.
 
     A listing of hundreds of long runs must stay fast, so every line is only
     checked to be one JSON object (``{...}``), and only the last lines are
@@ -554,14 +654,20 @@ def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> Run
     path = Path(path)
     experiment = experiment or path.parent.name
     try:
-        meta = read_meta(path)
-        lines = _complete_lines(path)
-        for number, line in enumerate(lines, start=1):
-            if not (line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}")):
-                raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON")
-        last_row = _parse_row(lines[-1], len(lines)) if lines else None
+        return _summarize(path, experiment)
     except (RunDirError, OSError) as error:
         return RunSummary(experiment, path.name, path, BROKEN, reason=str(error))
+    except Exception as error:  # noqa: BLE001 - one run never takes down a listing
+        return RunSummary(experiment, path.name, path, BROKEN, reason=_unexpected(error))
+
+
+def _summarize(path: Path, experiment: str) -> RunSummary:
+    meta = read_meta(path)
+    lines = _complete_lines(path)
+    for number, line in enumerate(lines, start=1):
+        if not (line.lstrip().startswith(b"{") and line.rstrip().endswith(b"}")):
+            raise RunDirError(f"{METRICS_FILE} line {number} is not valid JSON")
+    last_row = _parse_row(lines[-1], len(lines)) if lines else None
     status, reason = effective_status(meta)
     last_eval = None
     # The last row usually has it; looking further back is bounded so a run
@@ -569,7 +675,7 @@ def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> Run
     for number in range(len(lines), max(len(lines) - 100, 0), -1):
         value = _parse_row(lines[number - 1], number).get("eval_acc")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            last_eval = float(value)
+            last_eval = _number(value)
             break
     return RunSummary(
         experiment=experiment,
@@ -580,7 +686,7 @@ def summarize_run(path: str | os.PathLike, experiment: str | None = None) -> Run
         task=meta.get("task"),
         seed=meta.get("seed"),
         checkpoints=len(lines),
-        last_epoch=int(last_row["epoch"]) if last_row else None,
+        last_epoch=last_row["epoch"] if last_row else None,
         last_eval_acc=last_eval,
         started_at=meta.get("started_at"),
         ended_at=meta.get("ended_at"),
@@ -635,8 +741,13 @@ class Run:
 def load_run(root: str | os.PathLike, experiment: str, run: str) -> Run:
     """Load one run; raise RunDirError (with the reason) if it is broken."""
     path = run_path(root, experiment, run)
-    meta = read_meta(path)
-    metrics = read_metrics(path)
+    try:
+        meta = read_meta(path)
+        metrics = read_metrics(path)
+    except RunDirError as error:
+        raise type(error)(f"run {experiment}/{run}: {error}") from None
+    except OSError as error:
+        raise RunDirError(f"run {experiment}/{run}: cannot read it ({error})") from None
     status, _ = effective_status(meta)
     return Run(experiment, run, path, meta, metrics, status)
 
@@ -650,10 +761,12 @@ def load_experiment(root: str | os.PathLike, experiment: str) -> tuple[list[Run]
             continue
         try:
             runs.append(load_run(root, experiment, summary.run))
-        except (RunDirError, OSError) as error:  # changed between listing and loading
-            broken.append(
-                RunSummary(experiment, summary.run, summary.path, BROKEN, reason=str(error))
-            )
+        except RunDirError as error:  # damage only a full read finds, or changed meanwhile
+            reason = str(error).removeprefix(f"run {experiment}/{summary.run}: ")
+            broken.append(RunSummary(experiment, summary.run, summary.path, BROKEN, reason=reason))
+        except Exception as error:  # noqa: BLE001 - one run never takes down a fit
+            reason = _unexpected(error)
+            broken.append(RunSummary(experiment, summary.run, summary.path, BROKEN, reason=reason))
     return runs, broken
 
 

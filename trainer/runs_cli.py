@@ -34,7 +34,7 @@ def format_listing(root, experiment: str | None = None) -> str:
             epoch = "" if run.last_epoch is None else str(run.last_epoch)
             acc = "" if run.last_eval_acc is None else f"{run.last_eval_acc:.3f}"
             lines.append(
-                f"  {run.run:<20} {run.status:<12} {seed:>5} {run.checkpoints:>6} {epoch:>7} {acc:>8}  {run.reason or ''}".rstrip()
+                f"  {run.run:<20} {run.status:<12} {seed:>5} {run.checkpoints:>6} {epoch:>7} {acc:>8}  {' '.join((run.reason or '').split())}".rstrip()
             )
     if not lines:
         lines.append(f"no experiments under {root}")

@@ -13,7 +13,10 @@ metadata or metrics change, see ``trainer.rundir.experiment_fingerprint``) and
 the parameters that determine the fit, so asking again for the same fit finds
 it, and a changed run makes a new key (the old fit is simply not found).
 A run directory may come from someone else: loading uses ``json`` and
-``np.load(..., allow_pickle=False)`` only, so a saved fit cannot run code.
+``np.load(..., allow_pickle=False)`` only, so a saved fit cannot run code. Nothing
+under ``.fits`` is followed through a symlink (``.fits`` itself, a fit's folder or
+its files): a link is skipped when listing, not found when loading, and refused
+when saving, so no file outside the root is read or written through one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ def fits_dir(root, experiment) -> Path:
     return rundir.experiment_path(root, experiment) / FITS_DIR
 
 
+def _linked(path: Path) -> bool:
+    """Whether ``path`` or its parent (the ``.fits`` folder) is a symlink."""
+    return path.is_symlink() or path.parent.is_symlink()
+
+
+def _read(path: Path) -> bytes:
+    from trainer import rundir
+
+    return rundir.read_regular_file(path)  # refuses symlinks and non-regular files
+
+
 def fit_key(runs_fingerprint: str, key_params: dict) -> str:
     """A short hash of the input runs' fingerprint and the fit-determining parameters."""
     text = json.dumps({"runs": runs_fingerprint, "params": key_params}, sort_keys=True)
@@ -70,7 +84,11 @@ def _plain(value):
 
 def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra: dict) -> Path:
     """Write ``result`` (and the canonical model arrays per n) atomically."""
+    from trainer import rundir
+
     base = fits_dir(root, experiment)
+    if base.is_symlink() or (base / result.fingerprint).is_symlink():
+        raise rundir.UnsafePathError(f"{base} or a fit in it is a symlink: refused")
     base.mkdir(exist_ok=True)
     final = base / result.fingerprint
     tmp = base / f".tmp-{result.fingerprint}-{os.getpid()}-{time.monotonic_ns()}"
@@ -115,13 +133,15 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
 
 def read_fit(path: Path) -> tuple[dict, dict[int, dict]] | None:
     """The JSON payload and the model arrays of a saved fit, or None if absent/unreadable."""
-    try:
-        payload = json.loads((path / FIT_FILE).read_text())
-        with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-            flat = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError):
+    if _linked(path):
         return None
-    if payload.get("store_version") != STORE_VERSION:
+    try:
+        payload = json.loads(_read(path / FIT_FILE))
+        with np.load(io.BytesIO(_read(path / ARRAYS_FILE)), allow_pickle=False) as npz:
+            flat = {name: npz[name] for name in npz.files}
+    except Exception:  # noqa: BLE001 - a damaged or refused fit is simply not there
+        return None
+    if not isinstance(payload, dict) or payload.get("store_version") != STORE_VERSION:
         return None
     models: dict[int, dict] = {}
     for name, value in flat.items():
@@ -183,18 +203,20 @@ def _summary(payload: dict) -> dict:
 def list_saved(root, experiment) -> list[dict]:
     """Summaries of every saved fit of an experiment (newest first)."""
     base = fits_dir(root, experiment)
-    if not base.is_dir():
+    if base.is_symlink() or not base.is_dir():
         return []
     out = []
     for child in base.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
+        if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
             continue
         try:
-            if (child / SUMMARY_FILE).exists():
-                summary = json.loads((child / SUMMARY_FILE).read_text())
-            else:  # saved before summaries existed
-                summary = _summary(json.loads((child / FIT_FILE).read_text()))
-        except (OSError, ValueError):
+            summary_file = child / SUMMARY_FILE
+            old = not os.path.lexists(summary_file)  # saved before summaries existed
+            summary = json.loads(_read(child / FIT_FILE if old else summary_file))
+            if not isinstance(summary, dict):
+                continue
+            summary = _summary(summary) if old else summary
+        except (ValueError, RecursionError):  # RunDirError is a ValueError
             continue
         out.append({"key": child.name, **summary, "path": str(child)})
     out.sort(key=lambda d: d["created_at"] or "", reverse=True)

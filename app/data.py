@@ -107,12 +107,12 @@ def fits_fingerprint(root: str, experiment: str) -> str:
     """
     fits = rundir.experiment_path(root, experiment) / FITS_DIR
     digest = hashlib.sha256()
-    if fits.is_dir():
+    if fits.is_dir() and not fits.is_symlink():  # analysis refuses a linked .fits too
         for dirpath, dirnames, filenames in os.walk(fits):
             dirnames.sort()
             for name in sorted(filenames):
                 try:
-                    stat = os.stat(os.path.join(dirpath, name))
+                    stat = os.lstat(os.path.join(dirpath, name))
                 except OSError:
                     continue
                 rel = os.path.relpath(os.path.join(dirpath, name), fits)

@@ -23,7 +23,8 @@ Guarantees the rest of trainmap relies on:
   ``allow_pickle=False``;
 * names of experiments and runs are checked, and every path is resolved and
   must stay inside the root, so ``..``, absolute paths and symlinks that lead
-  outside are refused;
+  outside are refused; the files of a run are never read or written through a
+  symlink at all (:func:`read_regular_file`);
 * a reader never raises for bad data in one run when asked about many:
   ``summarize_run`` reports the run as ``broken`` with the reason.
 
@@ -38,6 +39,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -144,9 +146,29 @@ def _exists_no_follow(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _read_file(path: Path) -> bytes:
-    with open(path, "rb") as handle:
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of ``path``, which must be a regular file and not a symlink.
+
+    Files inside a run directory or a saved fit are never followed through a
+    symlink, even one that points inside the root: a link is refused, so no
+    file outside the root can be read (or shown by the dashboard) through one.
+    O_NONBLOCK keeps a FIFO planted in place of a file from blocking the reader.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        if path.is_symlink():
+            raise UnsafePathError(f"{path.name} is a symlink: refused") from None
+        raise RunDirError(f"cannot read {path.name} ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"{path.name} is not a regular file: refused")
         return handle.read()
+
+
+_read_file = read_regular_file
 
 
 def _is_int64(value: Any) -> bool:
@@ -191,7 +213,14 @@ class RunWriter:
     def __init__(self, path: Path, meta: dict[str, Any]):
         self.path = Path(path)
         self.meta = meta
-        self._fd = os.open(self.path / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: never append through a symlink planted in place of the file
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            self._fd = os.open(self.path / METRICS_FILE, flags, 0o644)
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write {self.path / METRICS_FILE} ({error.strerror})"
+            ) from None
 
     @classmethod
     def create(
@@ -245,8 +274,8 @@ class RunWriter:
         path = Path(path)
         meta = read_meta(path)
         metrics_file = path / METRICS_FILE
-        if metrics_file.exists():
-            data = metrics_file.read_bytes()
+        if _exists_no_follow(metrics_file):
+            data = _read_file(metrics_file)
             kept = data[: data.rfind(b"\n") + 1]
             if keep_through_step is not None:
                 lines = kept.splitlines(keepends=True)
@@ -270,7 +299,7 @@ class RunWriter:
         return writer
 
     def _last_row(self) -> dict | None:
-        data = (self.path / METRICS_FILE).read_bytes()
+        data = _read_file(self.path / METRICS_FILE)
         lines = data[: data.rfind(b"\n") + 1].splitlines()
         return json.loads(lines[-1]) if lines else None
 
@@ -405,7 +434,7 @@ def load_state(
             payload = json.loads(arrays.pop(STATE_INFO_KEY).tobytes())
         else:  # the older layout: state.json beside arrays.npz, written after it
             info_file = state_dir / STATE_INFO
-            if info_file.stat().st_mtime_ns < arrays_file.stat().st_mtime_ns:
+            if info_file.lstat().st_mtime_ns < arrays_file.lstat().st_mtime_ns:
                 raise RunDirError(
                     f"{STATE_ARRAYS} is newer than {STATE_INFO} (a save was interrupted)"
                 )
@@ -525,7 +554,7 @@ def check_meta(meta: Any) -> dict[str, Any]:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``meta.json``; raise RunDirError with the reason if unusable."""
     meta_file = Path(path) / META_FILE
-    if not meta_file.is_file():
+    if not _exists_no_follow(meta_file):
         raise RunDirError(f"no {META_FILE}: not a trainmap run")
     return check_meta(_loads(_read_file(meta_file), META_FILE))
 
@@ -621,9 +650,9 @@ def effective_status(meta: Mapping[str, Any]) -> tuple[str, str | None]:
 def _complete_lines(path: Path) -> list[bytes]:
     """The complete (newline-terminated), non-blank lines of a run's metrics file."""
     metrics_file = path / METRICS_FILE
-    if not metrics_file.is_file():
+    if not _exists_no_follow(metrics_file):
         raise RunDirError(f"no {METRICS_FILE}")
-    data = metrics_file.read_bytes()
+    data = _read_file(metrics_file)
     return [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
 
 
@@ -771,12 +800,15 @@ def load_experiment(root: str | os.PathLike, experiment: str) -> tuple[list[Run]
 
 
 def run_fingerprint(path: str | os.PathLike) -> str:
-    """Changes whenever the run's metadata or metrics change (size and mtime of both)."""
+    """Changes whenever the run's metadata or metrics change (size and mtime of both).
+
+    The files are not followed through symlinks (a symlink is refused when read).
+    """
     parts = []
     for name in (META_FILE, METRICS_FILE):
         try:
-            stat = (Path(path) / name).stat()
-            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
+            info = (Path(path) / name).lstat()
+            parts.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
         except OSError:
             parts.append(f"{name}:missing")
     return "|".join(parts)

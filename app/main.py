@@ -19,6 +19,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -69,6 +70,29 @@ def _background_manager(cache_dir: Path):
     except ImportError:  # the selection page then shows the CLI command only
         return None
     return dash.DiskcacheManager(diskcache.Cache(str(cache_dir / "background")))
+
+
+LOG = logging.getLogger("trainmap.app")
+
+
+def _callback_failed(error: Exception):
+    """Every callback's last line of defence: an input it cannot use is no update, not a 500.
+
+    Pages validate what they can (``app.data.parse_n``, ``valid_*``); this catches
+    the rest, e.g. a value of the wrong type posted by hand (``n`` as text, ``run``
+    as a list, malformed hover data). The failure is logged with its inputs, so a
+    real bug still shows up in the server log; the browser keeps what it shows.
+    """
+    context = dash.callback_context
+    LOG.warning(
+        "callback %s failed on inputs %s: %s: %s",
+        getattr(context, "outputs_list", "?"),
+        {k: repr(v)[:80] for k, v in (getattr(context, "inputs", None) or {}).items()},
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
+    return None  # Dash turns None into no_update for every output
 
 
 def _navbar() -> html.Header:
@@ -164,6 +188,7 @@ def create_app(
         # are not in the initial layout.
         suppress_callback_exceptions=True,
         background_callback_manager=_background_manager(cache_path),
+        on_error=_callback_failed,
     )
     app.layout = _layout
     app.clientside_callback(

@@ -18,7 +18,12 @@ def format_listing(root, experiment: str | None = None) -> str:
     from trainer.errors import UserError
 
     try:
-        experiments = [experiment] if experiment else rundir.list_experiments(root)
+        experiments = rundir.list_experiments(root)
+        if experiment:
+            rundir.check_name(experiment, "experiment")
+            if experiment not in experiments:
+                raise UserError(f"no experiment {experiment!r} under {root}")
+            experiments = [experiment]
         listed = [(name, rundir.list_runs(root, name)) for name in experiments]
     except (rundir.RunDirError, OSError) as error:
         raise UserError(str(error)) from None

@@ -20,6 +20,8 @@ _EXPORTS = {
     "fit_prepared": "analysis.api",
     "list_fits": "analysis.api",
     "load_fit": "analysis.api",
+    "rename_state": "analysis.api",
+    "state_names": "analysis.api",
     "EdgeFeature": "analysis.result",
     "EdgeInfo": "analysis.result",
     "FitResult": "analysis.result",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from analysis.bootstrap import DEFAULT_RESAMPLES, bootstrap_map
 from analysis.maps import build_map, convergence_epoch
 from analysis.model import (
     COVARIANCE_TYPES,
@@ -163,6 +164,66 @@ def _choose(
     return result
 
 
+# ------------------------------------------------------------------ bootstrap
+
+# Restarts per n inside each bootstrap resample (at most the main fit's). Fewer
+# restarts can only add spread to the resamples, so stability errs low; on the
+# demo's shape a resample costs 0.24 CPU s with 3 against 0.35 with the CLI's 5
+# (bench/hmm.py).
+BOOTSTRAP_RESTARTS = 3
+
+
+def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) -> dict:
+    """The bootstrap of ``result``'s selected map (:func:`analysis.bootstrap.bootstrap_map`)."""
+    n = result.selected_n
+    training_map = result.map(n)
+    # Convergence as the map's detour test sees it: censored runs at their last epoch.
+    epoch = [training_map.convergence_epoch.get(run) for run in prepared.run_names]
+    times = [e[-1] if c is None else c for c, e in zip(epoch, prepared.epochs)]
+    events = [c is not None for c in epoch]
+    return bootstrap_map(
+        prepared.X,
+        prepared.train,
+        prepared.heldout,
+        np.asarray(models[n]["means"]),
+        [(e.source, e.target) for e in training_map.edges],
+        convergence=(np.asarray(times, dtype=float), np.asarray(events, dtype=bool)),
+        n=n,
+        n_given=result.params.get("n_states") is not None,
+        max_n=int(result.sweep["n"].max()),
+        criterion=kwargs.pop("criterion"),
+        covariance_type=kwargs.pop("cov"),
+        restarts=min(int(kwargs.pop("restarts")), BOOTSTRAP_RESTARTS),
+        **kwargs,
+    )
+
+
+def _check_bootstrap(bootstrap) -> None:
+    if int(bootstrap) < 0:
+        raise ValueError(f"bootstrap must be 0 (off) or a number of resamples, got {bootstrap}")
+
+
+def _saved_bootstrap(root, experiment, key: str, result: FitResult) -> dict:
+    """The saved bootstrap for this result's criterion, n and way of choosing n ({} if none).
+
+    One is saved in the fit itself (for the request that made the fit); those
+    computed later, e.g. for another n, are saved beside it and win.
+    """
+    from analysis import store
+
+    request = {
+        "criterion": result.params.get("criterion"),
+        "n": result.selected_n,
+        "n_given": result.params.get("n_states") is not None,
+    }
+    found = store.find_bootstrap(root, experiment, key, request)
+    if found is not None:
+        return found
+    if result.bootstrap and store.bootstrap_key(result.bootstrap) == store.bootstrap_key(request):
+        return result.bootstrap
+    return {}
+
+
 def fit_prepared(
     prepared: Prepared,
     *,
@@ -184,14 +245,20 @@ def fit_prepared(
     params: dict | None = None,
     max_states_cap: int = MAX_STATES_CAP,
     heldout: float = 0.2,
+    bootstrap: int = 0,
 ) -> tuple[FitResult, dict[int, dict]]:
     """Sweep, select and map already prepared runs; return the result and canonical arrays.
 
     When the criterion picks ``max_states``, the sweep is extended one n at a
     time up to ``max_states_cap`` (see StateSelector's ``extend_to``);
     ``heldout`` is the share the runs were split with (for the message when
-    too few runs left none held out).
+    too few runs left none held out). ``bootstrap`` resamples of the runs
+    measure how stable the selected n, the states and the edges are
+    (``result.bootstrap``; 0 = off, the default here because studies and
+    benchmarks fit many experiments; :func:`fit_experiment` asks for
+    ``DEFAULT_RESAMPLES``); see :mod:`analysis.bootstrap`.
     """
+    _check_bootstrap(bootstrap)
     X, lengths = prepared.stack(prepared.train)
     X_held, lengths_held = prepared.stack(prepared.heldout)
     selector = StateSelector(
@@ -244,6 +311,23 @@ def fit_prepared(
         heldout_runs=len(prepared.heldout),
         runs_needed=runs_needed_for_heldout(heldout),
     )
+    # Uncertainty by resampling runs, after (and apart from) the selection above.
+    if bootstrap:
+        result.bootstrap = _bootstrap(
+            result,
+            prepared,
+            canonical,
+            n_resamples=bootstrap,
+            restarts=restarts,
+            cov=cov,
+            criterion=criterion,
+            n_iter=n_iter,
+            tol=tol,
+            seed=seed,
+            workers=workers,
+            backend=backend,
+            scheduler=scheduler,
+        )
     return result, canonical
 
 
@@ -270,6 +354,7 @@ def fit_experiment(
     threshold: float = 0.9,
     refit: bool = False,
     max_states_cap: int = MAX_STATES_CAP,
+    bootstrap: int = DEFAULT_RESAMPLES,
 ) -> FitResult:
     """Fit HMMs over the runs of ``root/experiment`` (or load the saved fit).
 
@@ -300,6 +385,11 @@ def fit_experiment(
         iteration gains less than 1e-4 nats per train checkpoint).
     threshold : eval_acc that counts as converged (for convergence epochs).
     refit : ignore a saved fit and compute again.
+    bootstrap : resamples of the runs that measure how stable the selected n,
+        each state and each edge are (``result.bootstrap``, see
+        :mod:`analysis.bootstrap`); 0 = off. It does not change the sweep or
+        the maps, so it is not part of the saved fit's key: a saved fit
+        without a current bootstrap gets one computed and saved with it.
 
     The criterion and ``n_states`` only choose among the saved maps, so
     changing them never refits. Raises ValueError (with a message for the user)
@@ -323,6 +413,7 @@ def fit_experiment(
         max_states_cap=max_states_cap,
     )
     _check(key_params, criterion, n_states, backend, scheduler, workers)
+    _check_bootstrap(bootstrap)
     # The fingerprint is taken before reading: if a run changes during the fit,
     # the saved fit is keyed by the old state and the next request refits.
     runs_fingerprint = rundir.experiment_fingerprint(root, experiment)
@@ -334,6 +425,36 @@ def fit_experiment(
                 progress(1.0)
             result = _choose(found[0], criterion, n_states)
             result.loaded = True
+            # The bootstrap depends on the n and the criterion, which a request
+            # may change without refitting: compute it if none is saved for them.
+            result.bootstrap = _saved_bootstrap(root, experiment, key, result)
+            saved = result.bootstrap.get("n_resamples")
+            if bootstrap and saved not in (bootstrap, 0):  # 0: too few runs, any count
+                prepared = prepare_experiment(
+                    root,
+                    experiment,
+                    features=features,
+                    first_n=first_n,
+                    normalize=normalize,
+                    heldout=heldout,
+                    seed=seed,
+                )
+                result.bootstrap = _bootstrap(
+                    result,
+                    prepared,
+                    found[1],
+                    n_resamples=bootstrap,
+                    restarts=restarts,
+                    cov=cov,
+                    criterion=criterion,
+                    n_iter=n_iter,
+                    tol=tol,
+                    seed=seed,
+                    workers=workers,
+                    backend=backend,
+                    scheduler=scheduler,
+                )
+                store.save_bootstrap(root, experiment, key, result.bootstrap)
             return result
     started = time.perf_counter()
     prepared = prepare_experiment(
@@ -365,6 +486,7 @@ def fit_experiment(
         params=key_params,
         max_states_cap=max_states_cap,
         heldout=heldout,
+        bootstrap=bootstrap,
     )
     extra = {
         "runs_fingerprint": runs_fingerprint,
@@ -433,6 +555,7 @@ def load_fit(
         return None
     result = _choose(found[0], criterion, n_states)
     result.loaded = True
+    result.bootstrap = _saved_bootstrap(root, experiment, key, result)
     return result
 
 
@@ -463,3 +586,34 @@ def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> d
     n = result.selected_n if n is None else int(n)
     arrays = found[1].get(n)
     return None if arrays is None else {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def state_names(root: str | os.PathLike, experiment: str, fit_key: str, n: int) -> dict[int, str]:
+    """The names users gave the states of the ``n``-state map of a saved fit ({} if none)."""
+    from analysis import store
+
+    return store.read_state_names(root, experiment, fit_key).get(int(n), {})
+
+
+def rename_state(
+    root: str | os.PathLike, experiment: str, fit_key: str, n: int, state: int, name: str
+) -> str:
+    """Name state ``state`` of the ``n``-state map of a saved fit; "" removes the name.
+
+    The name is checked (``analysis.captions.clean_state_name``: at most 40
+    characters, no control characters) and stored next to the fit. Returns the
+    cleaned name. Raises ``StateNameError`` for a bad name or an unknown fit, n or state.
+    """
+    from analysis import store
+    from analysis.captions import StateNameError, clean_state_name
+
+    name = clean_state_name(name)
+    fit = next((f for f in store.list_saved(root, experiment) if f["key"] == fit_key), None)
+    if fit is None:
+        raise StateNameError(f"experiment {experiment} has no saved fit {fit_key}")
+    if int(n) not in fit["feasible_n"]:
+        raise StateNameError(f"the fit has no {n}-state map; it has n = {fit['feasible_n']}")
+    if not 0 <= int(state) < int(n):
+        raise StateNameError(f"the {n}-state map has states 0..{int(n) - 1}, not {state}")
+    store.write_state_name(root, experiment, fit_key, int(n), int(state), name)
+    return name

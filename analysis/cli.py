@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scheduler", help="dask scheduler address, for --backend dask")
     parser.add_argument("--refit", action="store_true", help="ignore a saved fit")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=50,
+        metavar="N",
+        help="resample the runs N times to show how stable n, states and edges are "
+        "(default 50; 0 = off)",
+    )
 
 
 def _fmt(value, digits=1) -> str:
@@ -146,9 +154,19 @@ def format_regression(reg: dict, censored: int) -> str:
     )
 
 
-def format_map(training_map) -> str:
-    """A text summary of a training map: nodes, detour tests, edges, regression."""
+def format_map(
+    training_map, bootstrap: dict | None = None, names: dict[int, str] | None = None
+) -> str:
+    """A text summary of a training map: nodes (with captions and the names users
+    gave them), detour tests, edges, regression.
+
+    ``bootstrap`` (``FitResult.bootstrap``) adds the stability of each state and
+    edge when it is about this map's n.
+    """
+    from analysis.captions import state_caption
+
     m = training_map
+    names = names or {}
     lines = [f"states ({m.n_states}):"]
     for s in m.states:
         flags = []
@@ -163,6 +181,8 @@ def format_map(training_map) -> str:
             f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
             + (f" [{', '.join(flags)}]" if flags else "")
         )
+        named = f"{names[s.state]!r}: " if names.get(s.state) else ""
+        lines.append(f"      {named}{state_caption(m, s.state)}")
         detour = format_detour(s.detour)
         if detour:
             lines.append(f"      {detour}")
@@ -193,7 +213,50 @@ def format_map(training_map) -> str:
     censored = sum(v is None for v in m.convergence_epoch.values())
     lines.append(format_regression(m.regression, censored))
     lines.append(f"trajectory dissimilarity (mean pairwise TV): {m.dissimilarity:.3f}")
+    lines += _stability_lines(m, bootstrap or {})
     return "\n".join(lines)
+
+
+def _stability_lines(training_map, bootstrap: dict) -> list[str]:
+    """Per state and edge: the share of bootstrap resamples that found it (and flag it a detour)."""
+    if not bootstrap.get("n_resamples") or bootstrap.get("n") != training_map.n_states:
+        return []
+
+    def shares(values: dict) -> str:
+        # "j→k", not "j->k": the map's edge lines are the ones with "->"
+        return ", ".join(f"{k.replace('->', '→')} {_fmt(v, 2)}" for k, v in values.items())
+
+    lines = [
+        f"stability over {bootstrap['n_resamples']} resamples of the runs "
+        "(share of resamples that find it):",
+        "  states: " + shares(bootstrap.get("state_stability", {})),
+        "  edges: " + (shares(bootstrap.get("edge_stability", {})) or "none"),
+    ]
+    # Detour shares only where there is something to say: a state flagged in
+    # this map, or one that some resamples flag.
+    flagged = {
+        k: v
+        for k, v in bootstrap.get("detour_stability", {}).items()
+        if v or training_map.states[int(k)].is_detour
+    }
+    if flagged:
+        lines.append("  flagged a detour: " + shares(flagged))
+    return lines
+
+
+def format_bootstrap(bootstrap: dict) -> str:
+    """The selected n over bootstrap resamples, e.g. "n over 50 resamples: 3 ×31, 4 ×19"."""
+    if not bootstrap:
+        return ""
+    if not bootstrap.get("n_resamples"):
+        return f"bootstrap: {bootstrap.get('message', 'not run')}"
+    counts = ", ".join(f"{n} ×{c}" for n, c in bootstrap["selected_n_counts"].items())
+    lo, hi = bootstrap["n_range"]
+    line = (
+        f"n over {bootstrap['n_resamples']} resamples: {counts or 'no fit'} "
+        f"(n = {lo}..{hi} tried, {bootstrap['restarts']} restarts, {bootstrap['seconds']:.1f} s)"
+    )
+    return line + (f"\n  {bootstrap['message']}" if bootstrap.get("message") else "")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -237,6 +300,7 @@ def main(args: argparse.Namespace) -> int:
                 first_n=args.first_n,
                 threshold=args.threshold,
                 refit=args.refit,
+                bootstrap=args.bootstrap,
             )
     except (ValueError, rundir.RunDirError) as error:
         raise UserError(str(error)) from None
@@ -256,5 +320,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"selected n = {result.selected_n} ({how})")
     if format_selection(result):
         print(format_selection(result))
-    print(format_map(result.map()))
+    if result.bootstrap:
+        print(format_bootstrap(result.bootstrap))
+    names = api.state_names(root, experiment, result.fingerprint, result.selected_n)
+    print(format_map(result.map(), bootstrap=result.bootstrap, names=names))
+    print("(features and terms explained: trainmap glossary)")
     return 0

@@ -114,6 +114,8 @@ class FitResult:
     # max_states_tried, extended, at_ceiling, penalty, effective_rows,
     # autocorr_time, message, ...; {} for fits saved before it existed.
     selection: dict = field(default_factory=dict)
+    # Stability of n, states and edges over resampled runs (analysis.bootstrap); {} if not run.
+    bootstrap: dict = field(default_factory=dict)
 
     def map(self, n: int | None = None) -> TrainingMap:
         """The map for ``n`` states (default: the selected n)."""

@@ -7,6 +7,10 @@ Layout::
                       table, maps, excluded runs, scaling summary)
         models.npz    per feasible n: startprob, transmat, means, covars (canonical
                       state order), plus the scaling arrays
+        bootstraps.json  bootstraps over runs computed after the fit (e.g. for
+                      another n), keyed by criterion/n/how n was chosen; the
+                      one computed with the fit is in fit.json
+        names.json    optional: the names users gave states, {"<n>": {"<state>": name}}
 
 ``key`` hashes the experiment fingerprint (which changes whenever any run's
 metadata or metrics change, see ``trainer.rundir.experiment_fingerprint``) and
@@ -39,6 +43,8 @@ FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
+BOOTSTRAPS_FILE = "bootstraps.json"  # bootstraps added later, for other n (analysis.bootstrap)
+NAMES_FILE = "names.json"
 STORE_VERSION = 2  # 2: detour tests and the corrected regression
 
 
@@ -109,6 +115,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             "maps": {str(n): m.to_dict() for n, m in result.maps.items()},
             "warnings": list(result.warnings),
             "selection": dict(result.selection),
+            "bootstrap": result.bootstrap,
             **extra,
         }
         (tmp / FIT_FILE).write_text(json.dumps(_plain(payload), allow_nan=False))
@@ -123,6 +130,8 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
         np.savez(buffer, **arrays)
         (tmp / ARRAYS_FILE).write_bytes(buffer.getvalue())
         if final.exists():  # an identical fit saved meanwhile: keep one
+            if (final / NAMES_FILE).exists():  # with the names users gave its states
+                shutil.copyfile(final / NAMES_FILE, tmp / NAMES_FILE)
             shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
@@ -178,7 +187,48 @@ def result_from_payload(payload: dict) -> FitResult:
         maps=maps,
         warnings=list(payload.get("warnings", [])),
         selection=dict(payload.get("selection") or {}),  # absent in older fits
+        bootstrap=dict(payload.get("bootstrap") or {}),  # absent in fits saved before it existed
     )
+
+
+def bootstrap_key(bootstrap: dict) -> str:
+    """Which request a bootstrap answers: criterion, n and whether n was given."""
+    how = "given" if bootstrap.get("n_given") else "selected"
+    return f"{bootstrap.get('criterion')}/{bootstrap.get('n')}/{how}"
+
+
+def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
+    """Add ``bootstrap`` to the saved fit ``key`` (atomically); False if there is no such fit.
+
+    The bootstrap does not change the sweep or the maps, so it is added to the
+    saved fit, in its own small file (one entry per :func:`bootstrap_key`, so
+    a bootstrap for another n does not replace the selected n's).
+    """
+    base = fits_dir(root, experiment) / key
+    if not (base / FIT_FILE).exists():
+        return False
+    saved = _read_bootstraps(base)
+    saved[bootstrap_key(bootstrap)] = bootstrap
+    tmp = base / f".{BOOTSTRAPS_FILE}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        tmp.write_text(json.dumps(_plain(saved), allow_nan=False))
+        os.replace(tmp, base / BOOTSTRAPS_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def find_bootstrap(root, experiment, key: str, request: dict) -> dict | None:
+    """The saved bootstrap of fit ``key`` for ``request`` (criterion, n, n_given), or None."""
+    found = _read_bootstraps(fits_dir(root, experiment) / key).get(bootstrap_key(request))
+    return dict(found) if found else None
+
+
+def _read_bootstraps(base: Path) -> dict:
+    try:
+        return json.loads((base / BOOTSTRAPS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:
@@ -221,3 +271,49 @@ def list_saved(root, experiment) -> list[dict]:
         out.append({"key": child.name, **summary, "path": str(child)})
     out.sort(key=lambda d: d["created_at"] or "", reverse=True)
     return out
+
+
+# ------------------------------------------------------------- state names
+# Names are the user's, not the fit's: a separate small file beside fit.json, so
+# renaming never rewrites (or risks) the fit itself. Keys are strings in JSON.
+
+
+def read_state_names(root, experiment, key: str) -> dict[int, dict[int, str]]:
+    """``{n: {state: name}}`` of a saved fit; {} when none were given or the file is bad."""
+    try:
+        raw = json.loads((fits_dir(root, experiment) / key / NAMES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    names: dict[int, dict[int, str]] = {}
+    if not isinstance(raw, dict):
+        return names
+    for n, states in raw.items():
+        if not (str(n).isdigit() and isinstance(states, dict)):
+            continue
+        names[int(n)] = {
+            int(k): v for k, v in states.items() if str(k).isdigit() and isinstance(v, str)
+        }
+    return names
+
+
+def write_state_name(root, experiment, key: str, n: int, state: int, name: str) -> Path:
+    """Set (or with ``name == ""`` remove) one state's name, atomically.
+
+    ``name`` must already be validated (``analysis.captions.clean_state_name``);
+    the fit directory must exist. Returns the names file.
+    """
+    folder = fits_dir(root, experiment) / key
+    if not (folder / FIT_FILE).is_file():
+        raise FileNotFoundError(f"no saved fit {key} for {experiment}")
+    names = read_state_names(root, experiment, key)
+    states = names.setdefault(int(n), {})
+    if name:
+        states[int(state)] = name
+    else:
+        states.pop(int(state), None)
+    payload = {str(k): {str(s): v for s, v in sorted(d.items())} for k, d in names.items() if d}
+    path = folder / NAMES_FILE
+    tmp = folder / f".{NAMES_FILE}.{os.getpid()}-{time.monotonic_ns()}"
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, sort_keys=True))
+    os.replace(tmp, path)
+    return path

@@ -374,6 +374,58 @@ def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | 
     return figures.states_frame(fit.maps[n])
 
 
+@cache.memoize()
+def state_labels(root: str, experiment: str, fp: str, n: int) -> dict[int, dict] | None:
+    """Per state of the ``n``-state map: user name, automatic caption, label (or None).
+
+    Names live in the fit's folder, so renaming changes ``fp`` and every view
+    keyed by it is rebuilt with the new name.
+    """
+    import analysis
+    from analysis import captions
+
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    names = analysis.state_names(root, experiment, fit.fingerprint, n)
+    return captions.state_labels(fit.maps[n], names)
+
+
+def rename_state(root: str, experiment: str, n: int, state: int, name: str) -> str:
+    """Name a state of the fit the pages show (through the analysis API); the cleaned name.
+
+    Raises ``analysis.captions.StateNameError`` with a message for the user.
+    """
+    import analysis
+    from analysis.captions import StateNameError
+
+    fit = fit_result(root, experiment, fingerprint(root, experiment))
+    if fit is None:
+        raise StateNameError(f"experiment {experiment} has no saved fit")
+    name = analysis.rename_state(root, experiment, fit.fingerprint, n, state, name)
+    _FINGERPRINTS.pop((root, experiment), None)  # show the new name at once
+    return name
+
+
+@cache.memoize()
+def modal_states(root: str, experiment: str, fp: str, n: int) -> tuple[list, list] | None:
+    """(epochs, most common state per epoch over all runs) under the ``n``-state map."""
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    return figures.modal_states(fit.maps[n])
+
+
+@cache.memoize()
+def strip_view(root: str, experiment: str, fp: str, n: int, run: str | None) -> dict | None:
+    """The runs × epochs strip of the ``n``-state map, ``run`` framed (None if no map)."""
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    labels = state_labels(root, experiment, fp, n)
+    return figures.strip_figure(fit.maps[n], labels, selected_run=run).to_plotly_json()
+
+
 # ------------------------------------------------------------------ views
 # Building a Plotly figure (trace validation) costs tens of milliseconds, more
 # than loading its data from the cache, so the figures the pages show are
@@ -436,6 +488,10 @@ def curves_view(
     """The Metric curves figure; ``run`` and ``metric`` must be validated already."""
     run_frame = load_run_metrics(root, experiment, run) if run else None
     states = run_states(root, experiment, fp, int(n), run) if run and n is not None else None
+    # Without a chosen run, "all seeds" is shaded by the most common state per epoch.
+    all_seeds = states is None and band and n is not None
+    if all_seeds:
+        states = modal_states(root, experiment, fp, int(n))
     figure = figures.metric_figure(
         metric,
         run_frame=run_frame,
@@ -447,7 +503,8 @@ def curves_view(
         # Keep zoom while smoothing or log changes; reset it for another metric.
         uirevision=f"{experiment}/{metric}",
     )
-    return figure.to_plotly_json()
+    labels = state_labels(root, experiment, fp, int(n)) if n is not None else None
+    return figures.name_phases(figure.to_plotly_json(), labels, all_seeds=bool(all_seeds))
 
 
 def fit_command(root: str, experiment: str) -> str:

@@ -898,3 +898,330 @@ def add_prediction(
     layout["annotations"] = annotations
     figure["layout"] = layout
     return figure
+
+
+# ------------------------------------------------------- named phases, strip
+# ``labels`` below is ``analysis.captions.state_labels``: per state its user
+# name ("" if none), automatic caption and label ("S1" or "S1 memorising").
+
+
+def _label(labels: Mapping | None, state: int) -> str:
+    entry = (labels or {}).get(int(state))
+    return entry["label"] if entry else f"S{int(state)}"
+
+
+def _explained(rows: Iterable[Mapping]) -> list[dict]:
+    """Feature rows with the glossary's display name and one-line definition added."""
+    from analysis import glossary
+
+    return [
+        {
+            **row,
+            "name": glossary.describe(row["feature"]).name,
+            "title": glossary.tooltip(row["feature"]),
+        }
+        for row in rows
+    ]
+
+
+def label_states(elements: list[dict], labels: Mapping[int, Mapping]) -> list[dict]:
+    """A copy of map elements with each node labelled by name and caption.
+
+    Node data gains ``name``, ``caption`` and a two-line ``label`` ("S1
+    memorising" over "epochs 40–120 · L2 ↑"); node profile and edge feature
+    rows gain the glossary's ``name`` and ``title`` (definition, for tooltips).
+    """
+    out = []
+    for element in elements:
+        data = dict(element["data"])
+        if "source" in data:
+            data["features"] = _explained(data.get("features", []))
+        elif "state" in data and int(data["state"]) in labels:
+            entry = labels[int(data["state"])]
+            data["name"] = entry["name"]
+            data["caption"] = entry["caption"]
+            data["label"] = f"{entry['label']}\n{entry['caption']}"
+            data["profile"] = _explained(data.get("profile", []))
+        out.append({**element, "data": data})
+    return out
+
+
+def caption_stylesheet() -> list[dict]:
+    """Node labels of two lines (label, caption) set under the node, so the caption
+    never covers the node's colour or its start/end/detour marks."""
+    return [
+        {
+            "selector": "node[caption]",
+            "style": {
+                "text-wrap": "wrap",
+                "text-max-width": 170,
+                "text-valign": "bottom",
+                "text-margin-y": 4,
+                "font-size": 12,
+            },
+        }
+    ]
+
+
+def modal_states(training_map) -> tuple[list[int], list[int]]:
+    """(epochs, most common decoded state at each epoch over all runs).
+
+    The phases of "all seeds": at every epoch any run was checkpointed, the state
+    most runs are in (ties go to the lower state id, i.e. the earlier phase).
+    """
+    counts: dict[int, dict[int, int]] = {}
+    for run, path in training_map.paths.items():
+        for epoch, state in zip(training_map.epochs[run], path):
+            per = counts.setdefault(int(epoch), {})
+            per[int(state)] = per.get(int(state), 0) + 1
+    epochs = sorted(counts)
+    states = [min(counts[e], key=lambda k, c=counts[e]: (-c[k], k)) for e in epochs]
+    return epochs, states
+
+
+# A shaded stretch at least this share of the x range shows its state's name.
+PHASE_LABEL_MIN_WIDTH = 0.12
+
+
+def name_phases(figure: Mapping, labels: Mapping | None, all_seeds: bool = False) -> dict:
+    """A copy of a metric figure (plain dict) whose phase legend and shapes use state names.
+
+    ``all_seeds``: the shading is the most common state per epoch
+    (:func:`modal_states`), and the legend says so.
+    """
+    figure = dict(figure)
+    traces = []
+    for trace in figure.get("data") or []:
+        name = str(trace.get("name") or "")
+        if name.startswith("state S") and name[7:].isdigit():
+            state = int(name[7:])
+            # The label only: captions make the legend overflow; map and strip show them.
+            trace = {**trace, "name": _label(labels, state)}
+        traces.append(trace)
+    figure["data"] = traces
+    layout = dict(figure.get("layout") or {})
+    rects = [s for s in layout.get("shapes") or [] if s.get("type") == "rect"]
+    span = max((s["x1"] for s in rects), default=0) - min((s["x0"] for s in rects), default=0)
+    shapes = []
+    for shape in layout.get("shapes") or []:
+        name = str(shape.get("name") or "")
+        if name.startswith("S") and name[1:].isdigit():
+            shape = {**shape, "name": _label(labels, int(name[1:]))}
+            # The phase's name written in its stretch, where there is room for it.
+            if span > 0 and (shape["x1"] - shape["x0"]) >= PHASE_LABEL_MIN_WIDTH * span:
+                shape["label"] = {
+                    "text": shape["name"],
+                    "textposition": "top left",
+                    "font": {"size": 11, "color": "#333"},
+                }
+        shapes.append(shape)
+    layout["shapes"] = shapes
+    if all_seeds and shapes:
+        layout["legend"] = {
+            **(layout.get("legend") or {}),
+            "title": {"text": "shading: most common state per epoch over all runs · "},
+        }
+    figure["layout"] = layout
+    return figure
+
+
+def with_state_names(frame: pd.DataFrame, labels: Mapping | None) -> pd.DataFrame:
+    """An export with ``state_name`` (the user's name, "" if none) and ``state_caption``."""
+    out = frame.copy()
+    if "state" not in out:
+        return out
+    labels = labels or {}
+
+    def lookup(key):
+        return lambda s: "" if pd.isna(s) else (labels.get(int(s)) or {}).get(key, "")
+
+    out["state_name"] = out["state"].map(lookup("name"))
+    out["state_caption"] = out["state"].map(lookup("caption"))
+    return out
+
+
+STRIP_ROW_PX = 22
+STRIP_MAX_HEIGHT = 900
+# Past these sizes the strip drops per-cell hover labels (hover says "S<k>") and
+# per-row tick labels (they would overlap); the marks stay.
+STRIP_MAX_TEXT_CELLS = 40_000
+STRIP_MAX_TICKS = 60
+
+
+def strip_order(training_map) -> list[str]:
+    """Runs by convergence epoch (earliest first), never-converged runs last, by name."""
+    conv = training_map.convergence_epoch
+    return sorted(
+        training_map.paths,
+        key=lambda r: (conv.get(r) is None, conv.get(r) if conv.get(r) is not None else 0, r),
+    )
+
+
+def strip_figure(
+    training_map, labels: Mapping | None = None, selected_run: str | None = None
+) -> go.Figure:
+    """The runs × epochs strip: one row per run, each checkpoint coloured by its state.
+
+    Rows are sorted by convergence epoch (earliest on top); a black tick marks
+    each run's convergence epoch, a cross and "(never converged)" in the row
+    label mark runs that never converged. Stretches in a detour state are
+    outlined in black. ``selected_run`` gets an orange frame. Every cell and
+    mark carries its run as ``y`` (a category), so a click names the run.
+    """
+    runs = strip_order(training_map)
+    conv = training_map.convergence_epoch
+    n = int(training_map.n_states)
+    epochs = sorted({int(e) for r in runs for e in training_map.epochs[r]})
+    column = {e: i for i, e in enumerate(epochs)}
+    z = np.full((len(runs), len(epochs)), np.nan)
+    for i, run in enumerate(runs):
+        for epoch, state in zip(training_map.epochs[run], training_map.paths[run]):
+            z[i, column[int(epoch)]] = int(state)
+    if z.size <= STRIP_MAX_TEXT_CELLS:
+        text = [[_label(labels, v) if np.isfinite(v) else "" for v in row] for row in z]
+        hover = "%{y}<br>epoch %{x}<br>%{text}<extra></extra>"
+    else:
+        text, hover = None, "%{y}<br>epoch %{x}<br>S%{z}<extra></extra>"
+    # A discrete colour scale: state k covers [k - 0.5, k + 0.5] of [-0.5, n - 0.5].
+    scale = []
+    for k in range(n):
+        scale += [[k / n, state_color(k)], [(k + 1) / n, state_color(k)]]
+    fig = go.Figure(
+        go.Heatmap(
+            x=epochs,
+            y=runs,
+            z=z,
+            text=text,
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            xgap=0,
+            ygap=1,
+            hovertemplate=hover,
+            name="states",
+        )
+    )
+    converged = [r for r in runs if conv.get(r) is not None]
+    fig.add_trace(
+        go.Scatter(
+            x=[conv[r] for r in converged],
+            y=converged,
+            mode="markers",
+            marker={"symbol": "line-ns", "size": 16, "line": {"width": 3, "color": "#000"}},
+            name="convergence epoch",
+            hovertemplate="%{y}<br>converged at epoch %{x}<extra></extra>",
+        )
+    )
+    never = [r for r in runs if conv.get(r) is None]
+    if never:
+        last = max(epochs) if epochs else 0
+        fig.add_trace(
+            go.Scatter(
+                x=[last] * len(never),
+                y=never,
+                mode="markers",
+                marker={"symbol": "x-thin", "size": 12, "line": {"width": 2, "color": "#000"}},
+                name="never converged",
+                hovertemplate="%{y}<br>never converged<extra></extra>",
+            )
+        )
+    detours = {int(s.state) for s in training_map.states if s.is_detour}
+    shapes = []
+    half = (np.diff(epochs).min() / 2) if len(epochs) > 1 else 0.5
+    for i, run in enumerate(runs):
+        for left, right, state in state_segments(training_map.epochs[run], training_map.paths[run]):
+            if state in detours:
+                shapes.append(
+                    {
+                        "type": "rect",
+                        "xref": "x",
+                        "yref": "y",
+                        "x0": left - half if left == training_map.epochs[run][0] else left,
+                        "x1": right + half if right == training_map.epochs[run][-1] else right,
+                        "y0": i - 0.5,
+                        "y1": i + 0.5,
+                        "line": {"color": "#000", "width": 2},
+                        "name": f"detour {_label(labels, state)}",
+                    }
+                )
+        if run == selected_run:
+            shapes.append(
+                {
+                    "type": "rect",
+                    "xref": "paper",
+                    "yref": "y",
+                    "x0": 0,
+                    "x1": 1,
+                    "y0": i - 0.5,
+                    "y1": i + 0.5,
+                    "line": {"color": "#D55E00", "width": 3},
+                    "name": "selected run",
+                }
+            )
+    # Legend: one square per state (named), and the detour outline if any.
+    for state in range(n):
+        entry = (labels or {}).get(state) or {}
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"size": 12, "symbol": "square", "color": state_color(state)},
+                name=_label(labels, state)
+                + (" (detour)" if state in detours else "")
+                + (f" · {entry['caption']}" if entry.get("caption") else ""),
+            )
+        )
+    ticktext = [f"{r} (never converged)" if conv.get(r) is None else r for r in runs]
+    fig.update_layout(
+        shapes=shapes,
+        # The legend (states with captions, marks) gets its own band at the bottom
+        # of the figure, never over the last rows.
+        height=min(STRIP_MAX_HEIGHT, 200 + STRIP_ROW_PX * len(runs)),
+        margin={"l": 10, "r": 20, "t": 40, "b": 110},
+        template="plotly_white",
+        title={"text": "Runs × epochs: decoded state per checkpoint (click a row)", "x": 0},
+        xaxis={"title": "epoch"},
+        yaxis={
+            "title": "run (by convergence epoch)",
+            "autorange": "reversed",
+            "type": "category",
+            "tickvals": runs if len(runs) <= STRIP_MAX_TICKS else None,
+            "ticktext": ticktext if len(runs) <= STRIP_MAX_TICKS else None,
+            "showticklabels": len(runs) <= STRIP_MAX_TICKS,
+            "automargin": True,
+        },
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
+        clickmode="event",
+        hovermode="closest",
+        uirevision="strip",
+    )
+    return fig
+
+
+def metric_options(columns: Iterable[str]) -> list[dict]:
+    """Dropdown options for metrics, grouped by hook point (model-level first).
+
+    Each group opens with a disabled header option; each metric shows its
+    column and display name, carries its definition as a tooltip (``title``)
+    and is searchable by column, name and hook point.
+    """
+    from analysis import glossary
+
+    options = []
+    for hook, group in glossary.grouped(columns):
+        header = f"— {hook} —" if hook else "— all hook points (model level) —"
+        options.append({"label": header, "value": f"__group__{hook}", "disabled": True})
+        for column in group:
+            metric = column.rpartition("/")[2]
+            known = metric in glossary.ENTRIES
+            options.append(
+                {
+                    "label": f"{column} · {glossary.ENTRIES[metric].name}" if known else column,
+                    "value": column,
+                    "title": glossary.tooltip(column),
+                    "search": f"{column} {glossary.describe(column).name}",
+                }
+            )
+    return options

@@ -18,6 +18,15 @@ in the same process:
 
 It prints wall times, the speed-ups, the n each side selects against the
 truth, and the adjusted Rand index of trainmap's decoded paths.
+
+A second section measures the bootstrap over runs (``analysis.bootstrap``) on
+an experiment shaped like the demo's (24 runs x 100 checkpoints x 14
+features, n = 1..6, 3 restarts, 2 workers): the main fit, then ``--bootstrap``
+resamples (default 50) with trainmap's defaults (at most 3 restarts, n up to
+the selected n + 2) and, unless ``--no-ablation``, with the main fit's
+settings (the main fit's restarts, the full n range), printing seconds, cost
+per resample and the stability found. ``--only-bootstrap`` runs just this
+section; ``--bootstrap 0`` skips it.
 """
 
 from __future__ import annotations
@@ -69,6 +78,10 @@ def main() -> int:
     parser.add_argument("--n-iter", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=50, help="resamples (0 = skip)")
+    parser.add_argument(
+        "--only-bootstrap", action="store_true", help="run only the bootstrap section"
+    )
     parser.add_argument(
         "--no-ablation",
         dest="ablation",
@@ -76,7 +89,15 @@ def main() -> int:
         help="skip the step-by-step runs that show where the speed-up comes from",
     )
     args = parser.parse_args()
+    if not args.only_bootstrap:
+        sweep_section(args)
+    if args.bootstrap:
+        bootstrap_section(args)
+    return 0
 
+
+def sweep_section(args) -> None:
+    """trainmap's sweep against the plain hmmlearn loop (the module docstring's first part)."""
     from sklearn.metrics import adjusted_rand_score
 
     from analysis.maps import build_map, convergence_epoch
@@ -170,7 +191,106 @@ def main() -> int:
     )
     print(f"trainmap map for the selected n (Viterbi, edges, derivatives): {t_map:.1f} s")
     print(f"adjusted Rand index of trainmap's decoded paths vs truth: {ari:.3f}")
-    return 0
+
+
+def bootstrap_section(args, n_runs=24, n_checkpoints=100, max_states=6, restarts=3) -> None:
+    """The bootstrap over runs on a demo-shaped experiment: seconds and cost per resample.
+
+    Wall times depend on what else runs on the machine, so the cost is also
+    measured as CPU time in one process (sequential backend, a few resamples),
+    which gives the wall time on idle cores: resamples x CPU per resample /
+    workers.
+    """
+    from analysis import api
+    from analysis.bootstrap import bootstrap_map
+    from analysis.prepare import prepare_frames
+    from analysis.synthetic import make_synthetic
+
+    truth = make_synthetic(n_runs, n_checkpoints, seed=args.seed)
+    frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_frames(frames, seed=args.seed)
+    print(
+        f"\nbootstrap: {n_runs} runs x {n_checkpoints} checkpoints x "
+        f"{len(prepared.feature_names)} features (the demo's shape), true n = "
+        f"{truth.n_states}; main fit n = 1..{max_states} x {restarts} restarts; "
+        f"{args.bootstrap} resamples; {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    common = dict(max_states=max_states, restarts=restarts, seed=args.seed)
+    started = time.process_time()
+    result, models = api.fit_prepared(
+        prepared, bootstrap=0, workers=1, backend="sequential", **common
+    )
+    cpu_fit = time.process_time() - started
+    n = result.selected_n
+    print(f"  main fit: {cpu_fit:.2f} CPU s (one process), selects n = {n}")
+
+    # The bootstrap as fit_experiment runs it (default restarts and n range).
+    api.fit_prepared(prepared, bootstrap=0, workers=args.workers, **common)  # warm the pool
+    boot = api.fit_prepared(prepared, bootstrap=args.bootstrap, workers=args.workers, **common)[
+        0
+    ].bootstrap
+    default = boot["restarts"]
+    wall = boot["seconds"]
+    print(
+        f"  default ({default} restarts, n = 1..selected+2), {args.workers} workers: "
+        f"{wall:.1f} s wall = {wall / args.bootstrap:.2f} s per resample"
+    )
+    print(f"    n over resamples: {_counts(boot)}; n range {boot['n_range']}")
+    print(f"    state stability {_shares(boot['state_stability'])}")
+    print(f"    edge stability {_shares(boot['edge_stability'])}")
+    print(f"    detour flagged {_shares(boot['detour_stability'])}")
+
+    # CPU per resample, load-independent: a few resamples in this process.
+    # Same convergence input as api passes (censored runs at their last epoch).
+    conv = result.map().convergence_epoch
+    epochs = [conv[r] for r in prepared.run_names]
+    convergence = (
+        np.array([e[-1] if c is None else c for c, e in zip(epochs, prepared.epochs)], float),
+        np.array([c is not None for c in epochs]),
+    )
+    probe = min(args.bootstrap, 10)
+    variants = [(f"default: {default} restarts, n = 1..selected+2", default, {})]
+    if args.ablation:  # what the two savings buy: the CLI's 5 restarts, its n = 1..8
+        variants.append(("5 restarts, n = 1..selected+2", 5, {}))
+        variants.append((f"{default} restarts, n = 1..8", default, {"span": 8, "max_n": 8}))
+        variants.append(("5 restarts, n = 1..8 (the CLI's main fit)", 5, {"span": 8, "max_n": 8}))
+    print(f"  CPU per resample ({probe} resamples in one process) and projected wall time:")
+    for label, boot_restarts, extra in variants:
+        started = time.process_time()
+        bootstrap_map(
+            prepared.X,
+            prepared.train,
+            prepared.heldout,
+            models[n]["means"],
+            [(e.source, e.target) for e in result.map().edges],
+            convergence=convergence,
+            n=n,
+            criterion=result.params["criterion"],
+            restarts=boot_restarts,
+            n_resamples=probe,
+            seed=args.seed,
+            workers=1,
+            backend="sequential",
+            progress_bar=False,
+            **{"max_n": max_states, **extra},
+        )
+        cpu = (time.process_time() - started) / probe
+        print(
+            f"    {label:<48} {cpu:.2f} CPU s per resample ({cpu / cpu_fit:.1f} main fits); "
+            f"{args.bootstrap} resamples on {args.workers} idle cores: "
+            f"{args.bootstrap * cpu / args.workers:.1f} s"
+        )
+
+
+def _counts(boot: dict) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in boot["selected_n_counts"].items())
+
+
+def _shares(values: dict) -> str:
+    return " ".join(f"{k}:{v:.2f}" for k, v in values.items()) or "-"
 
 
 if __name__ == "__main__":

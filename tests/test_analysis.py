@@ -27,7 +27,7 @@ SEED = 0
 print(f"analysis tests: synthetic seed {SEED}")
 
 # Small but well-posed: fits in seconds, still forks and has a detour state.
-FIT = dict(max_states=5, restarts=2, workers=2)
+FIT = dict(max_states=5, restarts=2, workers=2, bootstrap=0)  # bootstrap: test_bootstrap.py
 
 
 def frames_of(truth):
@@ -164,7 +164,7 @@ def test_default_recovers_true_states_and_paths():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_frames(frames_of(truth))  # defaults
-    result, _ = api.fit_prepared(prepared, max_states=6, restarts=2, workers=2)
+    result, _ = api.fit_prepared(prepared, max_states=6, restarts=2, workers=2, bootstrap=0)
     assert result.params["criterion"] == DEFAULT_CRITERION
     assert prepared.normalize == DEFAULT_NORMALIZE
     assert result.selected_n == truth.n_states == 4

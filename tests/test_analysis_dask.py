@@ -27,7 +27,7 @@ def test_dask_backend_matches_loky(cluster):
     truth = make_synthetic(8, 60, seed=4, n_states=3, n_features=5)
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
     prepared = prepare_frames(frames, features=list(PAPER_FEATURES[:5]))
-    common = dict(max_states=3, restarts=2, workers=2, seed=3)
+    common = dict(max_states=3, restarts=2, workers=2, seed=3, bootstrap=0)
     seen = []
     on_dask, _ = fit_prepared(
         prepared,

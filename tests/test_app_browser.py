@@ -228,6 +228,12 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
     assert ("↑" if top.delta_z > 0 else "↓") in text and f"{top.delta_z:+.2f} z" in text
     if edge.mean_convergence_epoch is not None:
         assert f"{round(edge.mean_convergence_epoch, 1)}" in text
+    edge_share = evidence.stability_share(
+        fit.bootstrap.get("edge_stability"), f"{edge.source}->{edge.target}"
+    )
+    assert dash_duo.find_element("#map-edge-stability").text == evidence.stability_words(
+        edge_share, fit.bootstrap.get("n_resamples")
+    )
 
     # Hover a node (a detour if there is one) through Cytoscape's own event.
     state = next((s for s in tmap.states if s.is_detour), tmap.states[-1])
@@ -253,7 +259,22 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
     assert [i.text for i in items] == [
         evidence.detour_words(f"S{s.state}", s.detour) for s in tested
     ]
-    assert "no bootstrap" in dash_duo.find_element("#evidence-n").text
+    # The bootstrap over runs: how often each n is selected, each state found.
+    boot = fit.bootstrap
+    assert boot.get("n_resamples"), "8 runs are enough for the bootstrap"
+    assert dash_duo.find_element("#evidence-n").text == evidence.n_distribution_words(
+        boot, fit.selected_n
+    )
+    share = evidence.stability_share(boot.get("state_stability"), state.state)
+    assert dash_duo.find_element("#map-node-stability").text == evidence.stability_words(
+        share, boot["n_resamples"]
+    )
+    opacity = dash_duo.driver.execute_script(
+        "return document.getElementById('map-graph')._cyreg.cy"
+        ".getElementById(arguments[0]).data('opacity');",
+        f"s{state.state}",
+    )
+    assert opacity == evidence.opacity(share)
 
     # A screenshot of map plus hover panel renders (tests never rewrite docs/).
     time.sleep(0.5)

@@ -111,7 +111,8 @@ def test_callbacks_over_http(client, fitted_root):
         triggered="map-download-button.n_clicks",
     )["map-download"]["data"]
     lines = csv["content"].splitlines()
-    assert lines[0] == "run,epoch,state" and len(lines) == 1 + 8 * 120
+    # state_name: the name a user gave the state ("" if none); state_caption: the automatic one
+    assert lines[0] == "run,epoch,state,state_name,state_caption" and len(lines) == 1 + 8 * 120
     csv = call(
         client,
         "curves-download.data",
@@ -124,7 +125,12 @@ def test_callbacks_over_http(client, fitted_root):
         triggered="curves-download-button.n_clicks",
     )["curves-download"]["data"]
     header = csv["content"].splitlines()[0].split(",")
-    assert header[:2] == ["epoch", "step"] and header[-1] == "state" and "eval_acc" in header
+    assert header[:2] == ["epoch", "step"] and header[-3:] == [
+        "state",
+        "state_name",
+        "state_caption",
+    ]
+    assert "eval_acc" in header
 
 
 @pytest.mark.parametrize(

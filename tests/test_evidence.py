@@ -211,7 +211,9 @@ def _fit_map(truth, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_frames(frames)
-    result, _ = api.fit_prepared(prepared, max_states=5, restarts=2, workers=1, seed=seed)
+    result, _ = api.fit_prepared(
+        prepared, max_states=5, restarts=2, workers=1, seed=seed, bootstrap=0
+    )
     return result.map()
 
 

@@ -36,7 +36,7 @@ def fitted(tmp_path_factory):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis.fit_experiment(root, EXPERIMENT, max_states=4, restarts=2, workers=1)
+        analysis.fit_experiment(root, EXPERIMENT, max_states=4, restarts=2, workers=1, bootstrap=0)
     truth = make_synthetic(n_runs=N_RUNS, n_checkpoints=N_CHECKPOINTS, seed=SEED)
     return root, truth, predict.load_reference(root, EXPERIMENT)
 

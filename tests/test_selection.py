@@ -99,7 +99,9 @@ def test_auto_uses_plain_icl_on_short_runs_and_the_ess_penalty_on_long_ones():
 
 def test_selection_at_the_ceiling_extends_the_sweep():
     truth = make_synthetic(20, 150, seed=0, n_states=5)
-    result, _ = api.fit_prepared(prepared_of(truth), max_states=3, restarts=2, workers=2)
+    result, _ = api.fit_prepared(
+        prepared_of(truth), max_states=3, restarts=2, workers=2, bootstrap=0
+    )
     selection = result.selection
     assert result.selected_n == 5 and selection["criterion"] == DEFAULT_CRITERION
     assert selection["extended"] and selection["max_states_tried"] == 6
@@ -112,7 +114,7 @@ def test_selection_at_the_ceiling_extends_the_sweep():
 def test_selection_at_the_cap_warns_everywhere():
     truth = make_synthetic(20, 150, seed=0, n_states=5)
     result, _ = api.fit_prepared(
-        prepared_of(truth), max_states=2, restarts=2, workers=2, max_states_cap=3
+        prepared_of(truth), max_states=2, restarts=2, workers=2, max_states_cap=3, bootstrap=0
     )
     selection = result.selection
     assert result.selected_n == 3 and selection["at_ceiling"] and selection["extended"]

@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "fit": ("analysis.cli", "fit and select HMMs over an experiment's runs"),
     "compare": ("analysis.compare_cli", "compare experiments' training maps and convergence"),
     "predict": ("analysis.predict_cli", "predict when a run still training will converge"),
+    "glossary": ("analysis.glossary", "what each metric and term means (display names, units)"),
     "serve": ("app.cli", "serve the dashboard for a root of experiments"),
     "demo": ("app.demo", "train a quick preset, fit the HMM and serve the dashboard"),
     "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),

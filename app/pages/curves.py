@@ -2,7 +2,11 @@
 
 One run's curve, the mean +- std band of all seeds, or both; the background
 is shaded by the chosen run's decoded states under the n-state map (same
-colours as the map's nodes) and each transition is a dotted line. The run
+colours as the map's nodes) and each transition is a dotted line. With no run
+chosen and "all seeds" on, the shading is the most common state per epoch over
+all runs (``figures.modal_states``): the phases of the mean curve, without
+picking a run; the strip on the Training map shows every run's own states.
+Legends use the states' names and captions (``analysis.captions``). The run
 chosen on the Runs page or the Training map arrives here through the URL.
 
 For a run still training (running or interrupted) and not converged yet, the
@@ -41,7 +45,14 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                     ),
                     components.label(
                         "metric",
-                        dcc.Dropdown(id="curves-metric", clearable=False, className="control"),
+                        # Searchable, grouped by hook point, definitions as tooltips.
+                        dcc.Dropdown(
+                            id="curves-metric",
+                            clearable=False,
+                            searchable=True,
+                            placeholder="type to search metrics",
+                            className="control metric",
+                        ),
                     ),
                     components.label(
                         "run",
@@ -127,7 +138,7 @@ def choices(experiment, request):
     n = data.parse_n(request.get("n"), ns, overview["selected_n"] if overview else None)
     message = None if overview else components.fit_missing(root, experiment)
     return (
-        metrics,
+        figures.metric_options(metrics),
         metric,
         [{"label": r, "value": r} for r in runs],
         run,
@@ -226,4 +237,6 @@ def download_run(_clicks, experiment, run, n):
         return no_update
     states = data.run_states(root, experiment, fp, int(n), run) if n is not None else None
     out = figures.run_export_frame(frame, states)
+    if n is not None:
+        out = figures.with_state_names(out, data.state_labels(root, experiment, fp, int(n)))
     return dcc.send_data_frame(out.to_csv, f"{experiment}-{run}-metrics.csv", index=False)

@@ -7,6 +7,15 @@ so the map looks the same on every load. Hovering an edge shows the features
 driving that transition; hovering a node shows the state's feature profile.
 Choosing a run highlights its decoded path and makes it the run of the
 Metric curves page; clicking a point of the small selection plot changes n.
+
+Below the map, the runs × epochs strip (``figures.strip_figure``) shows every
+run's decoded states in one picture, sorted by convergence epoch; clicking a
+row highlights that run here and, through the URL, on every page. It sits on
+this page rather than its own because it reads together with the map: the
+same colours, names and n, and a run picked in either shows in both. Nodes are
+captioned automatically (``analysis.captions``) and a state can be named in
+the small form under the map; names are written through the analysis API to
+the fit's folder (the root comes from the server, never from the browser).
 """
 
 from __future__ import annotations
@@ -15,11 +24,41 @@ import dash
 import dash_cytoscape as cyto
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from analysis.glossary import TERMS
 from app import components, data, figures
 
 dash.register_page(
     __name__, path="/map", name="Training map", title="trainmap: training map", order=2
 )
+
+
+def _rename_form() -> html.Div:
+    """State dropdown + name + save: names shown on the map, strip, curves and CSVs."""
+    return html.Div(
+        [
+            components.label(
+                "name a state",
+                dcc.Dropdown(id="map-rename-state", placeholder="state", className="control small"),
+            ),
+            components.label(
+                "name",
+                dcc.Input(
+                    id="map-rename-name",
+                    type="text",
+                    maxLength=40,
+                    placeholder="e.g. memorising (empty: no name)",
+                    debounce=False,
+                    className="control",
+                ),
+            ),
+            html.Button("Save name", id="map-rename-save"),
+            html.Span(id="map-rename-message", className="muted"),
+            # Bumped after every saved name so the map and the strip redraw.
+            dcc.Store(id="map-names", data=0),
+        ],
+        className="controls",
+        id="map-rename",
+    )
 
 
 def layout(experiment=None, n=None, run=None, metric=None, **_):
@@ -55,7 +94,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                             id="map-graph",
                             elements=[],
                             layout={"name": "preset", "fit": True, "padding": 40},
-                            stylesheet=figures.map_stylesheet(),
+                            stylesheet=figures.map_stylesheet() + figures.caption_stylesheet(),
                             style={"width": "100%", "height": "520px"},
                             minZoom=0.2,
                             maxZoom=4,
@@ -78,6 +117,11 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                                     html.P("dashed square: detour state"),
                                     html.P("node size: occupancy; edge width: probability"),
                                     html.P("faded: found in few bootstrap resamples of the runs"),
+                                    html.P(
+                                        "z: standard deviations from the mean (hover a "
+                                        "feature for its definition)",
+                                        title=TERMS["z"],
+                                    ),
                                 ],
                                 className="legend",
                             ),
@@ -87,6 +131,8 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 ],
                 className="map-row",
             ),
+            _rename_form(),
+            dcc.Graph(id="map-strip", config={"displaylogo": False}, style={"display": "none"}),
             html.Div(id="map-evidence", className="evidence"),
             dcc.Graph(id="map-selection", config={"displaylogo": False}),
         ]
@@ -147,8 +193,9 @@ def choose(experiment, click, current_n, requested_n, current_run, requested_run
     Input("map-experiment", "value"),
     Input("map-n", "value"),
     Input("map-run", "value"),
+    Input("map-names", "data"),
 )
-def show_map(experiment, n, run):
+def show_map(experiment, n, run, _names):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     if experiment is None or n is None:
@@ -157,6 +204,9 @@ def show_map(experiment, n, run):
     elements = data.map_view(root, experiment, fp, int(n))
     if elements is None:
         return []
+    labels = data.state_labels(root, experiment, fp, int(n))
+    if labels:
+        elements = figures.label_states(elements, labels)
     if run:
         states = data.run_states(root, experiment, fp, int(n), run)
         if states is not None:
@@ -200,6 +250,13 @@ def show_evidence(experiment, n):
     ]
 
 
+def _feature_cell(row: dict) -> list:
+    """A feature's display name (glossary) and its column id, small, to match the CLI."""
+    if not row.get("name") or row["name"] == row["feature"]:
+        return [row["feature"]]
+    return [row["name"], " ", html.Span(row["feature"], className="muted")]
+
+
 @callback(Output("map-hover-edge", "children"), Input("map-graph", "mouseoverEdgeData"))
 def hover_edge(edge):
     if not edge:
@@ -208,7 +265,7 @@ def hover_edge(edge):
     rows = [
         html.Tr(
             [
-                html.Td(f["feature"]),
+                html.Td(_feature_cell(f), title=f.get("title")),
                 html.Td(f["arrow"], className="arrow"),
                 html.Td(f"{f['delta_z']:+.2f} z"),
             ]
@@ -244,12 +301,21 @@ def hover_node(node):
         )
         if on
     ]
-    rows = [html.Tr([html.Td(p["feature"]), html.Td(f"{p['z']:+.2f} z")]) for p in node["profile"]]
+    rows = [
+        html.Tr(
+            [
+                html.Td(_feature_cell(p), title=p.get("title")),
+                html.Td(f"{p['z']:+.2f} z"),
+            ]
+        )
+        for p in node["profile"]
+    ]
     return [
         html.H5(
-            f"{node['label']}" + (f" ({', '.join(marks)})" if marks else ""),
+            node["label"].split("\n")[0] + (f" ({', '.join(marks)})" if marks else ""),
             style={"color": node["color"]},
         ),
+        html.P(node.get("caption", ""), id="map-node-caption"),
         html.P(
             f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
             f"visited by {node['visited_runs']} runs"
@@ -294,7 +360,114 @@ def download_states(_clicks, experiment, n):
     experiment = data.valid_experiment(root, experiment)
     if experiment is None or n is None:
         return no_update
-    frame = data.states_table(root, experiment, data.fingerprint(root, experiment), int(n))
+    fp = data.fingerprint(root, experiment)
+    frame = data.states_table(root, experiment, fp, int(n))
     if frame is None:
         return no_update
+    frame = figures.with_state_names(frame, data.state_labels(root, experiment, fp, int(n)))
     return dcc.send_data_frame(frame.to_csv, f"{experiment}-states-n{n}.csv", index=False)
+
+
+# ------------------------------------------------------- strip and state names
+
+
+@callback(
+    Output("map-strip", "figure"),
+    Output("map-strip", "style"),
+    Input("map-experiment", "value"),
+    Input("map-n", "value"),
+    Input("map-run", "value"),
+    Input("map-names", "data"),
+)
+def show_strip(experiment, n, run, _names):
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or n is None:
+        return {}, {"display": "none"}
+    figure = data.strip_view(root, experiment, data.fingerprint(root, experiment), int(n), run)
+    if figure is None:
+        return {}, {"display": "none"}
+    return figure, {}
+
+
+@callback(
+    Output("map-run", "value", allow_duplicate=True),
+    Input("map-strip", "clickData"),
+    State("map-run", "options"),
+    prevent_initial_call=True,
+)
+def pick_run_from_strip(click, options):
+    """A click on a row of the strip (a cell or a mark) selects that run."""
+    if not click or not click.get("points"):
+        return no_update
+    run = click["points"][0].get("y")
+    return run if run in {o["value"] for o in options or []} else no_update
+
+
+@callback(
+    Output("map-rename-state", "options"),
+    Output("map-rename-state", "value"),
+    Input("map-experiment", "value"),
+    Input("map-n", "value"),
+    Input("map-names", "data"),
+    State("map-rename-state", "value"),
+)
+def rename_choices(experiment, n, _names, current):
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or n is None:
+        return [], None
+    labels = data.state_labels(root, experiment, data.fingerprint(root, experiment), int(n))
+    if not labels:
+        return [], None
+    options = [
+        {"label": entry["label"], "value": k, "title": entry["caption"]}
+        for k, entry in sorted(labels.items())
+    ]
+    return options, current if current in labels else None
+
+
+@callback(
+    Output("map-rename-name", "value"),
+    Input("map-rename-state", "value"),
+    State("map-experiment", "value"),
+    State("map-n", "value"),
+    prevent_initial_call=True,
+)
+def current_name(state, experiment, n):
+    """Start from the chosen state's current name, so a save without typing keeps it."""
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or n is None or state is None:
+        return ""
+    labels = data.state_labels(root, experiment, data.fingerprint(root, experiment), int(n))
+    return ((labels or {}).get(int(state)) or {}).get("name", "")
+
+
+@callback(
+    Output("map-rename-message", "children"),
+    Output("map-names", "data"),
+    Input("map-rename-save", "n_clicks"),
+    Input("map-rename-name", "n_submit"),
+    State("map-experiment", "value"),
+    State("map-n", "value"),
+    State("map-rename-state", "value"),
+    State("map-rename-name", "value"),
+    State("map-names", "data"),
+    prevent_initial_call=True,
+)
+def save_name(_clicks, _submit, experiment, n, state, name, version):
+    from analysis.captions import StateNameError
+
+    root = data.current_root()  # from the server: the browser only names the state
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or n is None or state is None:
+        return "Choose a state first.", no_update
+    try:
+        n, state = int(n), int(state)
+        name = data.rename_state(root, experiment, n, state, name or "")
+    except (TypeError, ValueError) as error:  # StateNameError is a ValueError
+        reason = error if isinstance(error, StateNameError) else "not a state of this map"
+        return f"Not saved: {reason}", no_update
+    saved = f"S{state} is now named {name!r}." if name else f"S{state} has no name now."
+    return saved, (version or 0) + 1

@@ -130,8 +130,11 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
         np.savez(buffer, **arrays)
         (tmp / ARRAYS_FILE).write_bytes(buffer.getvalue())
         if final.exists():  # an identical fit saved meanwhile: keep one
-            if (final / NAMES_FILE).exists():  # with the names users gave its states
-                shutil.copyfile(final / NAMES_FILE, tmp / NAMES_FILE)
+            if os.path.lexists(final / NAMES_FILE):  # with the names users gave its states
+                try:
+                    (tmp / NAMES_FILE).write_bytes(_read(final / NAMES_FILE))
+                except ValueError:  # a linked names file is not carried over
+                    pass
             shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
@@ -280,9 +283,12 @@ def list_saved(root, experiment) -> list[dict]:
 
 def read_state_names(root, experiment, key: str) -> dict[int, dict[int, str]]:
     """``{n: {state: name}}`` of a saved fit; {} when none were given or the file is bad."""
+    folder = fits_dir(root, experiment) / key
+    if _linked(folder):
+        return {}
     try:
-        raw = json.loads((fits_dir(root, experiment) / key / NAMES_FILE).read_text())
-    except (OSError, ValueError):
+        raw = json.loads(_read(folder / NAMES_FILE))
+    except (ValueError, RecursionError):  # absent, linked or bad: RunDirError is a ValueError
         return {}
     names: dict[int, dict[int, str]] = {}
     if not isinstance(raw, dict):
@@ -303,6 +309,8 @@ def write_state_name(root, experiment, key: str, n: int, state: int, name: str) 
     the fit directory must exist. Returns the names file.
     """
     folder = fits_dir(root, experiment) / key
+    if _linked(folder) or (folder / NAMES_FILE).is_symlink() or (folder / FIT_FILE).is_symlink():
+        raise FileNotFoundError(f"no saved fit {key} for {experiment} (a symlink is refused)")
     if not (folder / FIT_FILE).is_file():
         raise FileNotFoundError(f"no saved fit {key} for {experiment}")
     names = read_state_names(root, experiment, key)

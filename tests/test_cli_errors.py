@@ -68,6 +68,8 @@ CASES = [
     (["predict", "{bare}/seed-0"], "fit"),
     (["predict", "{exp}/seed-0", "--upto", "0"], "upto"),
     (["predict", "{exp}/seed-0", "--n", "99"], "99"),
+    # --- glossary
+    (["glossary", "--nope"], "unrecognized arguments"),
     # --- serve
     (["serve"], "no root"),
     (["serve", "--root", "{file}"], "not a directory"),

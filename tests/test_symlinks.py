@@ -167,3 +167,17 @@ def test_dashboard_data_layer_shows_nothing_from_outside(planted, tmp_path):
         # metric choices come from the good run only (same columns, none of the secret's values)
         frame = data.load_run_metrics(str(root), "exp", "good")
         assert frame is not None and (frame["eval_acc"] == 0.5).all()
+
+
+def test_state_names_are_never_read_or_written_through_a_link(planted, tmp_path):
+    _, outside = planted
+    (key,) = list((outside / "fitted" / store.FITS_DIR).iterdir())
+    fits = tmp_path / "exp" / store.FITS_DIR
+    shutil.copytree(key, fits / key.name)
+    secret = tmp_path / "secret-names.json"
+    secret.write_text('{"2": {"0": "from outside"}}')
+    (fits / key.name / store.NAMES_FILE).symlink_to(secret)
+    assert store.read_state_names(tmp_path, "exp", key.name) == {}
+    with pytest.raises(FileNotFoundError, match="symlink"):
+        store.write_state_name(tmp_path, "exp", key.name, 2, 0, "mine")
+    assert secret.read_text() == '{"2": {"0": "from outside"}}'

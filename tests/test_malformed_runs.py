@@ -129,6 +129,7 @@ CORPUS = {
         None,
     ),  # fmt: skip
     "metric-surrogate-name": (good_meta("x"), b'{"epoch": 1, "step": 1, "\\ud800": 1}\n', None),
+    "metric-booleans": (good_meta("x"), row(flag=True) + row(epoch=2, step=2, flag=False), None),
     "half-line": (good_meta("x"), GOOD_ROWS + b'{"epoch": 4, "st', None),
 }
 
@@ -171,6 +172,9 @@ def test_reader_reports_each_nasty_run_as_broken_with_its_reason(corpus_root):
             rundir.load_run(corpus_root, "exp", name)
     odd = next(r for r in runs if r.name == "metric-odd-values").metrics
     assert math.isnan(odd["eval_acc"].iloc[0]) and odd["eval_acc"].iloc[1] == math.inf
+    assert odd["l2"].isna().all()  # a list and a string
+    flags = next(r for r in runs if r.name == "metric-booleans").metrics["flag"]
+    assert flags.dtype.kind == "f" and flags.isna().all()
 
 
 def test_runs_list_shows_every_run_and_its_reason(corpus_root, capsys):
@@ -302,7 +306,7 @@ def check_reader(root: Path, experiment: str) -> None:
         assert f"run {experiment}/fuzz: " in str(error) and rundir.UNEXPECTED not in str(error)
     else:
         assert str(run.metrics["epoch"].dtype) == "int64"
-        assert all(run.metrics[c].dtype.kind == "f" for c in run.metrics.columns[2:])
+        assert all(run.metrics[c].dtype.kind in "iuf" for c in run.metrics.columns[2:])
     runs, broken = rundir.load_experiment(root, experiment)
     assert "good" in {r.name for r in runs}
     assert all(rundir.UNEXPECTED not in b.reason for b in broken)

@@ -599,10 +599,12 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     others = [c for c in frame.columns if c not in INDEX_COLUMNS]
     numeric = {}
     for column in others:
-        try:
-            numeric[column] = pd.to_numeric(frame[column], errors="coerce")
-        except (TypeError, ValueError, OverflowError):  # values pandas cannot coerce
-            numeric[column] = frame[column].map(_number).astype(float)
+        values = frame[column]
+        # numbers-only columns are int or float already; anything mixed (strings,
+        # booleans, lists, objects, integers beyond int64) goes value by value
+        numeric[column] = (
+            values if values.dtype.kind in "iuf" else values.map(_number).astype(float)
+        )
     return pd.concat([frame[list(INDEX_COLUMNS)], pd.DataFrame(numeric, index=frame.index)], axis=1)
 
 

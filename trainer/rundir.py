@@ -280,7 +280,9 @@ class RunWriter:
             if keep_through_step is not None:
                 lines = kept.splitlines(keepends=True)
                 kept = b"".join(
-                    line for line in lines if json.loads(line).get("step", 0) <= keep_through_step
+                    line
+                    for number, line in enumerate(lines, start=1)
+                    if not line.strip() or _parse_row(line, number)["step"] <= keep_through_step
                 )
             if kept != data:
                 _write_atomic(metrics_file, kept)
@@ -300,8 +302,8 @@ class RunWriter:
 
     def _last_row(self) -> dict | None:
         data = _read_file(self.path / METRICS_FILE)
-        lines = data[: data.rfind(b"\n") + 1].splitlines()
-        return json.loads(lines[-1]) if lines else None
+        lines = [line for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+        return _parse_row(lines[-1], len(lines)) if lines else None
 
     def _save_meta(self) -> None:
         self.meta["updated_at"] = _now()

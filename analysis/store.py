@@ -208,8 +208,8 @@ def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
     a bootstrap for another n does not replace the selected n's).
     """
     base = fits_dir(root, experiment) / key
-    if not (base / FIT_FILE).exists():
-        return False
+    if _linked(base) or (base / FIT_FILE).is_symlink() or not (base / FIT_FILE).exists():
+        return False  # no such fit, or one reached through a symlink (never written)
     saved = _read_bootstraps(base)
     saved[bootstrap_key(bootstrap)] = bootstrap
     tmp = base / f".{BOOTSTRAPS_FILE}-{os.getpid()}-{time.monotonic_ns()}"
@@ -228,10 +228,13 @@ def find_bootstrap(root, experiment, key: str, request: dict) -> dict | None:
 
 
 def _read_bootstraps(base: Path) -> dict:
-    try:
-        return json.loads((base / BOOTSTRAPS_FILE).read_text())
-    except (OSError, ValueError):
+    if _linked(base):
         return {}
+    try:
+        found = json.loads(_read(base / BOOTSTRAPS_FILE))  # refuses a symlink
+    except (ValueError, RecursionError):  # absent, linked or bad: RunDirError is a ValueError
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:

@@ -181,3 +181,20 @@ def test_state_names_are_never_read_or_written_through_a_link(planted, tmp_path)
     with pytest.raises(FileNotFoundError, match="symlink"):
         store.write_state_name(tmp_path, "exp", key.name, 2, 0, "mine")
     assert secret.read_text() == '{"2": {"0": "from outside"}}'
+
+
+def test_bootstraps_are_never_read_or_added_through_a_link(planted, tmp_path):
+    _, outside = planted
+    (key,) = list((outside / "fitted" / store.FITS_DIR).iterdir())
+    fits = tmp_path / "exp" / store.FITS_DIR
+    shutil.copytree(key, fits / key.name)
+    secret = tmp_path / "secret-bootstraps.json"
+    secret.write_text('{"x": {"n": 2}}')
+    (fits / key.name / store.BOOTSTRAPS_FILE).unlink(missing_ok=True)
+    (fits / key.name / store.BOOTSTRAPS_FILE).symlink_to(secret)
+    assert store._read_bootstraps(fits / key.name) == {}
+    linked = tmp_path / "linked" / store.FITS_DIR
+    linked.parent.mkdir()
+    linked.symlink_to(outside / "fitted" / store.FITS_DIR)
+    assert not store.save_bootstrap(tmp_path, "linked", key.name, {"n": 2})
+    assert secret.read_text() == '{"x": {"n": 2}}'

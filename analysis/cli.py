@@ -273,6 +273,10 @@ def main(args: argparse.Namespace) -> int:
     root, experiment = target.parent, target.name
     if not experiment or not target.is_dir():
         raise UserError(f"{args.target} is not an experiment directory (expected ROOT/EXPERIMENT)")
+    if not 0 <= args.seed < 2**32:  # the generators' range (numpy, scikit-learn)
+        raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
+    if not 0 <= args.threshold <= 1:  # also refuses nan
+        raise UserError(f"--threshold is an eval_acc between 0 and 1, got {args.threshold}")
     features = None
     if args.features:
         features = [f.strip() for f in args.features.split(",") if f.strip()]

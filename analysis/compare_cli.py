@@ -154,6 +154,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError:
             raise UserError(f"--n-states takes integers like 4,3, got {args.n_states!r}") from None
     threshold = MATCH_THRESHOLD if args.match_threshold is None else args.match_threshold
+    if not 0 < threshold < float("inf"):  # also refuses nan
+        raise UserError(f"--match-threshold must be a positive distance, got {threshold}")
     try:
         comparison = compare_experiments(
             targets, n_states=n_states, threshold=threshold, match_on=args.match_on

@@ -250,5 +250,8 @@ def prepare_experiment(root: str | os.PathLike, experiment: str, **kwargs) -> Pr
 
     runs, broken = rundir.load_experiment(root, experiment)
     excluded = {b.run: f"excluded: broken run directory ({b.reason})" for b in broken}
+    if not runs:
+        why = "; ".join(f"{b.run}: {b.reason}" for b in broken[:3]) or "no run directories"
+        raise PrepareError(f"no usable runs in experiment {experiment} ({why})")
     frames = {run.name: run.metrics for run in runs}
     return prepare_frames(frames, excluded=excluded, **kwargs)

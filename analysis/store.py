@@ -17,7 +17,10 @@ metadata or metrics change, see ``trainer.rundir.experiment_fingerprint``) and
 the parameters that determine the fit, so asking again for the same fit finds
 it, and a changed run makes a new key (the old fit is simply not found).
 A run directory may come from someone else: loading uses ``json`` and
-``np.load(..., allow_pickle=False)`` only, so a saved fit cannot run code.
+``np.load(..., allow_pickle=False)`` only, so a saved fit cannot run code. Nothing
+under ``.fits`` is followed through a symlink (``.fits`` itself, a fit's folder or
+its files): a link is skipped when listing, not found when loading, and refused
+when saving, so no file outside the root is read or written through one.
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ def fits_dir(root, experiment) -> Path:
     return rundir.experiment_path(root, experiment) / FITS_DIR
 
 
+def _linked(path: Path) -> bool:
+    """Whether ``path`` or its parent (the ``.fits`` folder) is a symlink."""
+    return path.is_symlink() or path.parent.is_symlink()
+
+
+def _read(path: Path) -> bytes:
+    from trainer import rundir
+
+    return rundir.read_regular_file(path)  # refuses symlinks and non-regular files
+
+
 def fit_key(runs_fingerprint: str, key_params: dict) -> str:
     """A short hash of the input runs' fingerprint and the fit-determining parameters."""
     text = json.dumps({"runs": runs_fingerprint, "params": key_params}, sort_keys=True)
@@ -76,7 +90,11 @@ def _plain(value):
 
 def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra: dict) -> Path:
     """Write ``result`` (and the canonical model arrays per n) atomically."""
+    from trainer import rundir
+
     base = fits_dir(root, experiment)
+    if base.is_symlink() or (base / result.fingerprint).is_symlink():
+        raise rundir.UnsafePathError(f"{base} or a fit in it is a symlink: refused")
     base.mkdir(exist_ok=True)
     final = base / result.fingerprint
     tmp = base / f".tmp-{result.fingerprint}-{os.getpid()}-{time.monotonic_ns()}"
@@ -112,8 +130,11 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
         np.savez(buffer, **arrays)
         (tmp / ARRAYS_FILE).write_bytes(buffer.getvalue())
         if final.exists():  # an identical fit saved meanwhile: keep one
-            if (final / NAMES_FILE).exists():  # with the names users gave its states
-                shutil.copyfile(final / NAMES_FILE, tmp / NAMES_FILE)
+            if os.path.lexists(final / NAMES_FILE):  # with the names users gave its states
+                try:
+                    (tmp / NAMES_FILE).write_bytes(_read(final / NAMES_FILE))
+                except ValueError:  # a linked names file is not carried over
+                    pass
             shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally:
@@ -124,13 +145,15 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
 
 def read_fit(path: Path) -> tuple[dict, dict[int, dict]] | None:
     """The JSON payload and the model arrays of a saved fit, or None if absent/unreadable."""
-    try:
-        payload = json.loads((path / FIT_FILE).read_text())
-        with np.load(path / ARRAYS_FILE, allow_pickle=False) as npz:
-            flat = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError):
+    if _linked(path):
         return None
-    if payload.get("store_version") != STORE_VERSION:
+    try:
+        payload = json.loads(_read(path / FIT_FILE))
+        with np.load(io.BytesIO(_read(path / ARRAYS_FILE)), allow_pickle=False) as npz:
+            flat = {name: npz[name] for name in npz.files}
+    except Exception:  # noqa: BLE001 - a damaged or refused fit is simply not there
+        return None
+    if not isinstance(payload, dict) or payload.get("store_version") != STORE_VERSION:
         return None
     models: dict[int, dict] = {}
     for name, value in flat.items():
@@ -185,8 +208,8 @@ def save_bootstrap(root, experiment, key: str, bootstrap: dict) -> bool:
     a bootstrap for another n does not replace the selected n's).
     """
     base = fits_dir(root, experiment) / key
-    if not (base / FIT_FILE).exists():
-        return False
+    if _linked(base) or (base / FIT_FILE).is_symlink() or not (base / FIT_FILE).exists():
+        return False  # no such fit, or one reached through a symlink (never written)
     saved = _read_bootstraps(base)
     saved[bootstrap_key(bootstrap)] = bootstrap
     tmp = base / f".{BOOTSTRAPS_FILE}-{os.getpid()}-{time.monotonic_ns()}"
@@ -205,10 +228,13 @@ def find_bootstrap(root, experiment, key: str, request: dict) -> dict | None:
 
 
 def _read_bootstraps(base: Path) -> dict:
-    try:
-        return json.loads((base / BOOTSTRAPS_FILE).read_text())
-    except (OSError, ValueError):
+    if _linked(base):
         return {}
+    try:
+        found = json.loads(_read(base / BOOTSTRAPS_FILE))  # refuses a symlink
+    except (ValueError, RecursionError):  # absent, linked or bad: RunDirError is a ValueError
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:
@@ -233,18 +259,20 @@ def _summary(payload: dict) -> dict:
 def list_saved(root, experiment) -> list[dict]:
     """Summaries of every saved fit of an experiment (newest first)."""
     base = fits_dir(root, experiment)
-    if not base.is_dir():
+    if base.is_symlink() or not base.is_dir():
         return []
     out = []
     for child in base.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
+        if child.name.startswith(".") or child.is_symlink() or not child.is_dir():
             continue
         try:
-            if (child / SUMMARY_FILE).exists():
-                summary = json.loads((child / SUMMARY_FILE).read_text())
-            else:  # saved before summaries existed
-                summary = _summary(json.loads((child / FIT_FILE).read_text()))
-        except (OSError, ValueError):
+            summary_file = child / SUMMARY_FILE
+            old = not os.path.lexists(summary_file)  # saved before summaries existed
+            summary = json.loads(_read(child / FIT_FILE if old else summary_file))
+            if not isinstance(summary, dict):
+                continue
+            summary = _summary(summary) if old else summary
+        except (ValueError, RecursionError):  # RunDirError is a ValueError
             continue
         out.append({"key": child.name, **summary, "path": str(child)})
     out.sort(key=lambda d: d["created_at"] or "", reverse=True)
@@ -258,9 +286,12 @@ def list_saved(root, experiment) -> list[dict]:
 
 def read_state_names(root, experiment, key: str) -> dict[int, dict[int, str]]:
     """``{n: {state: name}}`` of a saved fit; {} when none were given or the file is bad."""
+    folder = fits_dir(root, experiment) / key
+    if _linked(folder):
+        return {}
     try:
-        raw = json.loads((fits_dir(root, experiment) / key / NAMES_FILE).read_text())
-    except (OSError, ValueError):
+        raw = json.loads(_read(folder / NAMES_FILE))
+    except (ValueError, RecursionError):  # absent, linked or bad: RunDirError is a ValueError
         return {}
     names: dict[int, dict[int, str]] = {}
     if not isinstance(raw, dict):
@@ -281,6 +312,8 @@ def write_state_name(root, experiment, key: str, n: int, state: int, name: str) 
     the fit directory must exist. Returns the names file.
     """
     folder = fits_dir(root, experiment) / key
+    if _linked(folder) or (folder / NAMES_FILE).is_symlink() or (folder / FIT_FILE).is_symlink():
+        raise FileNotFoundError(f"no saved fit {key} for {experiment} (a symlink is refused)")
     if not (folder / FIT_FILE).is_file():
         raise FileNotFoundError(f"no saved fit {key} for {experiment}")
     names = read_state_names(root, experiment, key)

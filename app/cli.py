@@ -28,6 +28,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, a host that does not resolve or a port that cannot be bound.
+
+    Checked before anything else starts (the demo trains first), so a typo costs
+    nothing; the server binds again for real when it starts.
+    """
+    import errno
+    import socket
+
+    from trainer.errors import UserError
+
+    if not 0 < port < 65536:
+        raise UserError(f"invalid port {port}: use 1..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise UserError(f"invalid --host {host!r}: {error}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "port in use" if error.errno == errno.EADDRINUSE else error.strerror
+            raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from trainer.errors import UserError
 
@@ -35,8 +62,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("no root of experiments: pass --root DIR or set TRAINMAP_ROOT")
     if not os.path.isdir(args.root):
         raise UserError(f"root {args.root} is not a directory")
-    if not 0 < args.port < 65536:
-        raise UserError(f"invalid port {args.port}")
+    check_address(args.host, args.port)
     from app.main import serve
 
     serve(args.root, host=args.host, port=args.port, debug=args.debug, access_log=args.access_log)

@@ -107,12 +107,12 @@ def fits_fingerprint(root: str, experiment: str) -> str:
     """
     fits = rundir.experiment_path(root, experiment) / FITS_DIR
     digest = hashlib.sha256()
-    if fits.is_dir():
+    if fits.is_dir() and not fits.is_symlink():  # analysis refuses a linked .fits too
         for dirpath, dirnames, filenames in os.walk(fits):
             dirnames.sort()
             for name in sorted(filenames):
                 try:
-                    stat = os.stat(os.path.join(dirpath, name))
+                    stat = os.lstat(os.path.join(dirpath, name))
                 except OSError:
                     continue
                 rel = os.path.relpath(os.path.join(dirpath, name), fits)
@@ -225,10 +225,14 @@ def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[s
     all of them would make the first view of a 400-run experiment take minutes.
     """
     names: dict[str, None] = {}
-    for run in run_names(root, experiment, fp)[:sample]:
+    readable = 0
+    for run in run_names(root, experiment, fp):  # broken runs do not count towards the sample
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
             names.update(dict.fromkeys(figures.metric_columns(frame.columns)))
+            readable += 1
+            if readable == sample:
+                break
     return list(names)
 
 

@@ -48,6 +48,13 @@ def main(args: argparse.Namespace) -> int:
 
     experiment = f"{args.task}-{args.preset}"
     seeds = parse_seeds(args.seeds)
+    # everything checkable is checked before minutes of training
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if not args.no_serve:
+        from app.cli import check_address
+
+        check_address(args.host, args.port)
     started = time.time()
     print(
         f"[1/3] training {args.task} ({args.preset} preset), seeds {args.seeds}, into {args.root}/{experiment}"

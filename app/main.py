@@ -15,15 +15,26 @@ Environment variables:
 ``TRAINMAP_CACHE_DIR``        folder for the file-system cache (default: a folder under
                               ``$XDG_CACHE_HOME`` or ``~/.cache``)
 ``TRAINMAP_CACHE_REDIS_URL``  use Redis for the cache instead (shared by gunicorn workers)
+``TRAINMAP_CACHE_REDIS_PASSWORD``  the Redis password (or give it in the URL)
+
+The cache holds pickles (flask-caching and diskcache load what they find there),
+so it is a trust boundary, enforced here: the cache folder is created 0700 and
+refused when it, or anything in it, belongs to another user, is writable by
+group or others, or is a symlink; Redis is refused without a password unless it
+listens on this machine's loopback (docker-compose.yml also keeps it on an
+internal network).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dash
 import flask
@@ -43,7 +54,83 @@ def default_cache_dir() -> Path:
     return Path(base) / "trainmap" / "dashboard"
 
 
-def cache_config(cache_dir: str | os.PathLike | None, redis_url: str | None) -> dict:
+def secure_cache_dir(path: str | os.PathLike) -> Path:
+    """Create the cache folder 0700, or check an existing one; return it resolved.
+
+    flask-caching's FileSystemCache and diskcache unpickle the files they find,
+    so anyone who can write there can run code in the dashboard. The folder and
+    everything in it must belong to this user, no folder in it may be writable
+    by group or others, no entry may be a symlink, and no folder above it may be
+    writable by everyone without the sticky bit (else it could be swapped).
+    Raises UserError naming the first problem.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except OSError as error:
+            raise UserError(f"cannot create the cache folder {path}: {error.strerror}") from None
+        os.chmod(path, 0o700)
+    path = path.resolve()
+    if not hasattr(os, "getuid"):  # no owners to check (Windows): the user's own profile
+        return path
+    uid = os.getuid()
+
+    def refuse(where: str, why: str):
+        raise UserError(
+            f"refusing the cache folder {path}: {where} {why}; the dashboard loads pickles "
+            "from it, so it must be yours and writable by you only "
+            "(chmod 700, or set TRAINMAP_CACHE_DIR to a new folder)"
+        )
+
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            refuse(str(parent), "is writable by everyone (no sticky bit)")
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [None, *dirnames, *filenames]:
+            entry = Path(dirpath) if name is None else Path(dirpath) / name
+            info = entry.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                refuse(str(entry), "is a symlink")
+            if info.st_uid != uid:
+                refuse(str(entry), f"belongs to another user (uid {info.st_uid})")
+            if stat.S_ISDIR(info.st_mode) and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                refuse(str(entry), "is writable by group or others")
+    return path
+
+
+def check_redis(redis_url: str, password: str | None) -> None:
+    """Refuse a Redis without a password unless it is on this machine's loopback.
+
+    Its entries are pickles the dashboard loads, so whoever can write to it can
+    run code here: a Redis reachable from elsewhere must need a password.
+    """
+    try:
+        parts = urlsplit(redis_url)
+        host, _ = parts.hostname, parts.port  # a bad port raises here, not on first use
+    except ValueError as error:
+        raise UserError(f"invalid Redis URL {redis_url!r}: {error}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise UserError(f"invalid Redis URL {redis_url!r}: use redis://HOST:PORT/DB")
+    if parts.password or password or parts.scheme == "unix":
+        return
+    loopback = host == "localhost"
+    try:
+        loopback = loopback or ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        pass
+    if not loopback:
+        raise UserError(
+            f"refusing Redis at {host} without a password: the dashboard loads pickles from "
+            "it; set TRAINMAP_CACHE_REDIS_PASSWORD (or redis://:PASSWORD@host) and keep "
+            "Redis on a private network"
+        )
+
+
+def cache_config(
+    cache_dir: str | os.PathLike | None, redis_url: str | None, redis_password: str | None = None
+) -> dict:
     """flask-caching settings: Redis when a URL is given, else files in ``cache_dir``.
 
     Entries never expire (timeout 0): every key contains a content fingerprint,
@@ -53,6 +140,8 @@ def cache_config(cache_dir: str | os.PathLike | None, redis_url: str | None) -> 
         return {
             "CACHE_TYPE": "RedisCache",
             "CACHE_REDIS_URL": redis_url,
+            # with a URL, flask-caching passes only CACHE_OPTIONS to redis.from_url
+            "CACHE_OPTIONS": {"password": redis_password} if redis_password else {},
             "CACHE_KEY_PREFIX": "trainmap:",
             "CACHE_DEFAULT_TIMEOUT": 0,
         }
@@ -71,6 +160,29 @@ def _background_manager(cache_dir: Path):
     except ImportError:  # the selection page then shows the CLI command only
         return None
     return dash.DiskcacheManager(diskcache.Cache(str(cache_dir / "background")))
+
+
+LOG = logging.getLogger("trainmap.app")
+
+
+def _callback_failed(error: Exception):
+    """Every callback's last line of defence: an input it cannot use is no update, not a 500.
+
+    Pages validate what they can (``app.data.parse_n``, ``valid_*``); this catches
+    the rest, e.g. a value of the wrong type posted by hand (``n`` as text, ``run``
+    as a list, malformed hover data). The failure is logged with its inputs, so a
+    real bug still shows up in the server log; the browser keeps what it shows.
+    """
+    context = dash.callback_context
+    LOG.warning(
+        "callback %s failed on inputs %s: %s: %s",
+        getattr(context, "outputs_list", "?"),
+        {k: repr(v)[:80] for k, v in (getattr(context, "inputs", None) or {}).items()},
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
+    return None  # Dash turns None into no_update for every output
 
 
 def _navbar() -> html.Header:
@@ -140,12 +252,19 @@ def create_app(
     if not root_path.is_dir():
         raise UserError(f"root {root_path} is not a directory")
     cache_path = Path(cache_dir or os.environ.get("TRAINMAP_CACHE_DIR") or default_cache_dir())
-    cache_path.mkdir(parents=True, exist_ok=True)
+    cache_path = secure_cache_dir(cache_path)  # the background fits' diskcache lives here too
+    for sub in ("views", "background"):
+        secure_cache_dir(cache_path / sub)
     redis_url = redis_url or os.environ.get("TRAINMAP_CACHE_REDIS_URL") or None
+    redis_password = os.environ.get("TRAINMAP_CACHE_REDIS_PASSWORD") or None
+    if redis_url:
+        check_redis(redis_url, redis_password)
 
     server = flask.Flask("trainmap")
     server.config["TRAINMAP_ROOT"] = str(root_path)
-    data.cache.init_app(server, config=cache_config(cache_path / "views", redis_url))
+    data.cache.init_app(
+        server, config=cache_config(cache_path / "views", redis_url, redis_password)
+    )
     # The fit runs in a forked process without Flask's app context; it reads the
     # root from here (one served root per process), never from the browser.
     data.BACKGROUND["root"] = str(root_path)
@@ -166,6 +285,7 @@ def create_app(
         # are not in the initial layout.
         suppress_callback_exceptions=True,
         background_callback_manager=_background_manager(cache_path),
+        on_error=_callback_failed,
     )
     app.layout = _layout
     app.clientside_callback(

@@ -216,10 +216,123 @@ def test_state_round_trip_without_pickle(tmp_path):
     loaded, info = rundir.load_state(path)
     assert info == {"epoch": 2, "step": 20}
     np.testing.assert_array_equal(loaded["model.weight"], arrays["model.weight"])
-    # an object array would need pickle: refused on load
+    # an object array would need pickle: refused on load, in one line naming the run
     np.savez(path / rundir.STATE_DIR / rundir.STATE_ARRAYS, evil=np.array([object()], dtype=object))
-    with pytest.raises(ValueError):
+    with pytest.raises(rundir.RunDirError, match="exp/seed-0") as caught:
         rundir.load_state(path)
+    assert "\n" not in str(caught.value) and "pickle" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip", b"PK\x03\x04broken", b"\x93NUMPY\x01\x00"],
+)
+def test_unreadable_state_is_a_one_line_error(tmp_path, content):
+    make_run(tmp_path).close()
+    path = tmp_path / "exp" / "seed-0"
+    rundir.save_state(path, {"w": np.zeros(2)}, {"epoch": 2, "step": 20})
+    (path / rundir.STATE_DIR / rundir.STATE_ARRAYS).write_bytes(content)
+    with pytest.raises(rundir.RunDirError, match="exp/seed-0") as caught:
+        rundir.load_state(path)
+    assert "\n" not in str(caught.value)
+
+
+# A save interrupted at its k-th file-system step: every step of save_state goes
+# through one of the functions wrapped here, and the process dies (os._exit, as a
+# kill -9 would: no cleanup) at step k, after writing half the bytes if it is a write.
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import builtins, os, pathlib, sys
+    import numpy as np
+    from trainer import rundir
+
+    path, kill_at = sys.argv[1], int(sys.argv[2])
+    count = [0]
+
+    def step():
+        count[0] += 1
+        return count[0] == kill_at
+
+    def wrap(function):
+        def wrapped(*args, **kwargs):
+            if step():
+                os._exit(9)
+            return function(*args, **kwargs)
+        return wrapped
+
+    class Handle:
+        def __init__(self, handle):
+            self.handle = handle
+        def write(self, data):
+            if step():
+                self.handle.write(data[: len(data) // 2])
+                self.handle.flush()
+                os._exit(9)
+            return self.handle.write(data)
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+    real_open = builtins.open
+    def opened(*args, **kwargs):
+        if step():
+            os._exit(9)
+        return Handle(real_open(*args, **kwargs))
+
+    builtins.open = opened
+    os.fsync = wrap(os.fsync)
+    os.replace = wrap(os.replace)
+    os.rename = wrap(os.rename)
+    pathlib.Path.mkdir = wrap(pathlib.Path.mkdir)
+    pathlib.Path.unlink = wrap(pathlib.Path.unlink)
+    arrays = {"model.w": np.full(1000, 2.0), "rng": np.arange(3, dtype=np.uint8) + 2}
+    rundir.save_state(path, arrays, {"epoch": 2, "step": 20})
+    """
+)
+
+
+def test_a_kill_at_any_step_of_a_save_leaves_the_old_or_the_new_state(tmp_path):
+    make_run(tmp_path).close()  # rows at epochs 0, 1, 2 (steps 0, 10, 20)
+    path = tmp_path / "exp" / "seed-0"
+    old = {"model.w": np.full(1000, 1.0), "rng": np.arange(3, dtype=np.uint8) + 1}
+    outcomes = []
+    for kill_at in range(1, 30):
+        rundir.save_state(path, old, {"epoch": 1, "step": 10})
+        result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(path), str(kill_at)])
+        arrays, info = rundir.load_state(path, check_metrics=True)
+        # the weights are the ones the epoch says, never new weights with the old epoch
+        assert arrays["model.w"][0] == info["epoch"] and arrays["rng"][0] == info["epoch"]
+        outcomes.append(info["epoch"])
+        if result.returncode == 0:
+            break
+        assert result.returncode == 9
+    assert outcomes[-1] == 2 and result.returncode == 0, "the save never completed"
+    assert outcomes[0] == 1 and len(outcomes) >= 5, "the kill should land at several steps"
+
+
+def test_a_state_of_the_old_layout_interrupted_between_its_files_is_refused(tmp_path):
+    make_run(tmp_path).close()
+    state_dir = tmp_path / "exp" / "seed-0" / rundir.STATE_DIR
+    state_dir.mkdir()
+    (state_dir / rundir.STATE_INFO).write_text(
+        json.dumps({"info": {"epoch": 1, "step": 10}, "arrays": ["w"]})
+    )
+    time.sleep(0.01)
+    np.savez(state_dir / rundir.STATE_ARRAYS, w=np.ones(2))  # the new arrays landed, not their json
+    with pytest.raises(rundir.RunDirError, match="interrupted"):
+        rundir.load_state(state_dir.parent)
+
+
+def test_a_state_that_is_not_a_checkpoint_of_the_metrics_is_refused(tmp_path):
+    make_run(tmp_path).close()  # steps 0, 10, 20
+    path = tmp_path / "exp" / "seed-0"
+    rundir.save_state(path, {"w": np.ones(2)}, {"epoch": 7, "step": 70})
+    assert rundir.load_state(path)[1]["epoch"] == 7
+    with pytest.raises(rundir.RunDirError, match="epoch 7 step 70, which is not a checkpoint"):
+        rundir.load_state(path, check_metrics=True)
 
 
 def test_stale_running_run_is_interrupted(tmp_path):

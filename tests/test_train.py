@@ -283,3 +283,38 @@ def test_parse_seeds():
     assert parse_seeds("1,5,7-8") == [1, 5, 7, 8]
     with pytest.raises(UserError):
         parse_seeds("")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("foreign_epoch", "not a checkpoint in metrics.jsonl"),
+        ("object_array", "allow_pickle"),
+        ("wrong_shapes", "does not fit this model"),
+    ],
+)
+def test_resume_from_an_unusable_state_is_a_one_line_error(capsys, tmp_path, damage, message):
+    import json
+
+    import numpy as np
+
+    args = ["train", "--preset", "tiny", "--seeds", "0", "--epochs", "4", "--eval-every", "2",
+            "--workers", "1", "--no-progress", "--out", str(tmp_path / "e")]  # fmt: skip
+    assert cli.main(args) == 0
+    path = tmp_path / "e" / "seed-0"
+    meta = json.loads((path / rundir.META_FILE).read_text())
+    meta["status"] = "interrupted"
+    (path / rundir.META_FILE).write_text(json.dumps(meta))
+    arrays, info = rundir.load_state(path)
+    if damage == "foreign_epoch":
+        rundir.save_state(path, arrays, {**info, "epoch": 3, "step": 3})
+    elif damage == "object_array":
+        np.savez(path / "state" / "arrays.npz", x=np.array([object()], dtype=object))
+    else:
+        arrays = {k: (v[:1] if k.startswith("model.") else v) for k, v in arrays.items()}
+        rundir.save_state(path, arrays, info)
+    capsys.readouterr()
+    assert cli.main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("trainmap train: error: ")
+    assert message in err and "e/seed-0" in err

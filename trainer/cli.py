@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from trainer.errors import UserError
@@ -31,8 +32,15 @@ SUBCOMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trainmap",
         description="See how your models learn: track, fit training maps, explore them.",
     )
@@ -55,11 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as error:
-        print(f"trainmap {args.command}: error: {error}", file=sys.stderr)
+        # one line, whatever the message holds (some name a command on a line of its own)
+        print(f"trainmap {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"trainmap {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug, or a failure no check foresaw: still one line
+        if os.environ.get("TRAINMAP_DEBUG"):
+            raise
+        text = " ".join(str(error).split())[:300]
+        print(
+            f"trainmap {args.command}: unexpected error: {type(error).__name__}: {text} "
+            "(TRAINMAP_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -410,12 +410,46 @@ def paper_costs(epochs_timed: int) -> dict[str, dict]:
     return costs
 
 
+def check_output_file(path: str, flag: str) -> None:
+    """Refuse, in one line, a report path that cannot be written (before any work)."""
+    from trainer.errors import UserError
+
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a directory; give a file name")
+    parent = out.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{flag} {out}: {folder} is not a directory")
+            break
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {out}: folder {parent} is not writable")
+
+
 def main(args: argparse.Namespace) -> int:
     from analysis import fit_experiment
     from trainer.errors import UserError
     from trainer.train import parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds)
+    # checked now, not after hours of training
+    for flag, value, low in (
+        ("--workers", args.workers, 1),
+        ("--bootstrap", args.bootstrap, 0),
+        ("--paper-epochs", args.paper_epochs, 1),
+    ):
+        if value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    check_output_file(args.out, "--out")
+    root = Path(args.root)
+    for folder in (root, *root.parents):  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--root {root}: {folder} is not a directory")
+            break
     fits, train_seconds = {}, {}
     for task, preset in EXPERIMENTS:
         name = f"{task}-{preset}"

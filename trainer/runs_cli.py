@@ -18,7 +18,12 @@ def format_listing(root, experiment: str | None = None) -> str:
     from trainer.errors import UserError
 
     try:
-        experiments = [experiment] if experiment else rundir.list_experiments(root)
+        experiments = rundir.list_experiments(root)
+        if experiment:
+            rundir.check_name(experiment, "experiment")
+            if experiment not in experiments:
+                raise UserError(f"no experiment {experiment!r} under {root}")
+            experiments = [experiment]
         listed = [(name, rundir.list_runs(root, name)) for name in experiments]
     except (rundir.RunDirError, OSError) as error:
         raise UserError(str(error)) from None
@@ -34,7 +39,7 @@ def format_listing(root, experiment: str | None = None) -> str:
             epoch = "" if run.last_epoch is None else str(run.last_epoch)
             acc = "" if run.last_eval_acc is None else f"{run.last_eval_acc:.3f}"
             lines.append(
-                f"  {run.run:<20} {run.status:<12} {seed:>5} {run.checkpoints:>6} {epoch:>7} {acc:>8}  {run.reason or ''}".rstrip()
+                f"  {run.run:<20} {run.status:<12} {seed:>5} {run.checkpoints:>6} {epoch:>7} {acc:>8}  {' '.join((run.reason or '').split())}".rstrip()
             )
     if not lines:
         lines.append(f"no experiments under {root}")

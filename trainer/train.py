@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -46,6 +47,7 @@ from trainer.tasks import Data, Task, get_task
 from trainer.tracker import Tracker
 
 BACKENDS = ("loky", "dask")
+MAX_EPOCHS = 10**8  # far beyond any real run; a larger number is a typo
 
 
 # ----------------------------------------------------------------- one seed
@@ -83,9 +85,21 @@ def train_run(
 
         # --- resume from the last checkpoint's state, if asked and there is one
         start_epoch, step, keep_through_step = 1, 0, None
-        state = rundir.load_state(path) if resume and (path / rundir.META_FILE).exists() else None
+        # The state must be one of the run's checkpoints (load_state checks it
+        # against metrics.jsonl); an unusable one stops with its reason.
+        state = None
+        if resume and (path / rundir.META_FILE).exists():
+            state = rundir.load_state(path, check_metrics=True)
         if state is not None:
-            start_epoch, step = restore_state(state, model, optimizer, batch_order)
+            try:
+                start_epoch, step = restore_state(state, model, optimizer, batch_order)
+            except (KeyError, ValueError, TypeError, RuntimeError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise rundir.RunDirError(
+                    f"resume state of {experiment}/{run} does not fit this model and optimizer "
+                    f"({type(error).__name__}: {reason}); remove {path / rundir.STATE_DIR} "
+                    "to restart the run"
+                ) from None
             start_epoch += 1  # the saved epoch is complete
             keep_through_step = step
         tracker = Tracker(
@@ -263,6 +277,10 @@ def make_configs(
         raise UserError(f"eval_every must be a positive integer, got {config.eval_every}")
     if config.batch_size < 0:
         raise UserError(f"batch_size must be >= 0 (0 = full batch), got {config.batch_size}")
+    if config.epochs > MAX_EPOCHS:
+        raise UserError(f"epochs must be at most {MAX_EPOCHS}, got {config.epochs}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(config.device)):
+        raise UserError(f"unknown device {config.device!r}; valid: cpu, cuda, cuda:N")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {config.device!r} requested but CUDA is not available")
     # hook points are checked on a throwaway model, before any run directory exists
@@ -317,7 +335,8 @@ def train_seeds(
         **overrides,
     )
     root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root, "root")
+    make_folder(root / experiment, "experiment folder")
 
     # --- decide per seed: reuse a finished run, resume one, or start one
     jobs, paths = [], []
@@ -339,6 +358,16 @@ def train_seeds(
         _mark_interrupted(paths)
         raise
     return [rundir.summarize_run(path, experiment) for path in paths]
+
+
+def make_folder(path: Path, what: str) -> None:
+    """``mkdir -p`` with a one-line UserError (a file in the way, no permission, ...)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {what} {path}: {error.strerror}") from None
 
 
 def _plan(path: Path, config: TrainConfig, resume: bool) -> str:
@@ -425,20 +454,33 @@ def _mark_interrupted(paths: list[Path], grace: float = 5.0) -> None:
             rundir.RunWriter.reopen(path).finish("interrupted", "interrupted by the user (Ctrl-C)")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds up to here
+MAX_SEEDS = 100_000
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-7' -> [0..7]; '1,3,5' and '0-3,8' work too."""
     seeds: list[int] = []
     try:
         for part in text.split(","):
             if "-" in part.strip()[1:]:
-                first, last = part.split("-", 1)
-                seeds.extend(range(int(first), int(last) + 1))
+                first, last = (int(v) for v in part.split("-", 1))
+                if first < 0 or last > MAX_SEED or last - first >= MAX_SEEDS:
+                    raise UserError(
+                        f"seeds {text!r}: each seed must be in 0..{MAX_SEED}, "
+                        f"at most {MAX_SEEDS} seeds"
+                    )
+                seeds.extend(range(first, last + 1))
             else:
                 seeds.append(int(part))
     except ValueError:
         raise UserError(f"cannot read seeds {text!r}; use e.g. 0-7 or 0,2,5") from None
     if not seeds or any(seed < 0 for seed in seeds):
         raise UserError(f"seeds must be non-negative integers, got {text!r}")
+    if any(seed > MAX_SEED for seed in seeds) or len(seeds) > MAX_SEEDS:
+        raise UserError(
+            f"seeds {text!r}: each seed must be in 0..{MAX_SEED}, at most {MAX_SEEDS} seeds"
+        )
     return seeds
 
 

@@ -57,7 +57,11 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--scheduler is only used with --backend dask")
 
     from trainer import rundir
-    from trainer.train import parse_seeds, train_seeds
+    from trainer.train import MAX_EPOCHS, parse_seeds, train_seeds
+
+    for flag, value in (("--epochs", args.epochs), ("--eval-every", args.eval_every)):
+        if value is not None and value > MAX_EPOCHS:
+            raise UserError(f"{flag} must be at most {MAX_EPOCHS}, got {value}")
 
     try:
         rundir.check_name(experiment, "experiment")

@@ -25,10 +25,18 @@ from analysis.model import (
     COVARIANCE_TYPES,
     CRITERIA,
     DEFAULT_CRITERION,
+    MAX_STATES_CAP,
     StateSelector,
+    describe_selection,
     select_n,
 )
-from analysis.prepare import DEFAULT_NORMALIZE, NORMALIZATIONS, Prepared, prepare_experiment
+from analysis.prepare import (
+    DEFAULT_NORMALIZE,
+    NORMALIZATIONS,
+    Prepared,
+    prepare_experiment,
+    runs_needed_for_heldout,
+)
 from analysis.result import FitResult
 
 BACKENDS = ("loky", "dask", "threading", "sequential")
@@ -47,9 +55,11 @@ def _key_params(
     n_iter,
     tol,
     threshold,
+    max_states_cap=MAX_STATES_CAP,
 ) -> dict:
     """The parameters that change the fitted models or maps (criterion and n do not)."""
     return {
+        "max_states_cap": int(max_states_cap),
         "features": None if features is None else list(features),
         "first_n": first_n,
         "normalize": normalize,
@@ -74,8 +84,10 @@ def _check(params: dict, criterion: str, n_states, backend: str, scheduler, work
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     if params["max_states"] < 1 or params["restarts"] < 1:
         raise ValueError("max_states and restarts must be at least 1")
-    if n_states is not None and not 1 <= int(n_states) <= params["max_states"]:
-        raise ValueError(f"n_states must be between 1 and max_states={params['max_states']}")
+    # A sweep extended past max_states (the ceiling guardrail) has maps up to the cap.
+    most = max(params["max_states"], params["max_states_cap"])
+    if n_states is not None and not 1 <= int(n_states) <= most:
+        raise ValueError(f"n_states must be between 1 and {most} (max_states or its cap)")
     if not 0 <= params["heldout"] < 1:
         raise ValueError("heldout must be in [0, 1)")
     if backend not in BACKENDS:
@@ -86,8 +98,40 @@ def _check(params: dict, criterion: str, n_states, backend: str, scheduler, work
         raise ValueError("workers must be non-zero (-1 means all cores)")
 
 
-def _choose(result: FitResult, criterion: str, n_states) -> FitResult:
-    """Set the selected n for this request (a loaded fit may have been saved for another)."""
+# FitResult.warnings written by _choose start with this, so that choosing again
+# (another criterion on a loaded fit) replaces them.
+SELECTION_WARNING = "selection: "
+
+
+def _choose(
+    result: FitResult,
+    criterion: str,
+    n_states,
+    *,
+    max_states: int | None = None,
+    cap: int | None = None,
+    heldout_runs: int | None = None,
+    runs_needed: int | None = None,
+) -> FitResult:
+    """Set the selected n for this request (a loaded fit may have been saved for another).
+
+    Also fills ``result.selection`` (how n was chosen, in words and numbers)
+    and, when the criterion's n is the largest feasible one, a warning. Values
+    not given come from the saved selection or parameters of the fit.
+    """
+    before, params = result.selection or {}, result.params
+    max_states = int(max_states or before.get("max_states") or params.get("max_states") or 8)
+    cap = int(cap or before.get("cap") or params.get("max_states_cap") or MAX_STATES_CAP)
+    if heldout_runs is None:
+        heldout_runs = before.get("heldout_runs")
+    if runs_needed is None:
+        runs_needed = runs_needed_for_heldout(float(params.get("heldout", 0.2)))
+    used, note = criterion, ""
+    column = CRITERIA[criterion][0]
+    if column not in result.sweep or not result.sweep[column].notna().any():
+        # A fit saved before the residual autocorrelation was recorded.
+        used = "icl" if criterion == "auto" else criterion.removesuffix("_ess")
+        note = f"{criterion} needs a refit (this fit predates it): selected by {used}"
     if n_states is not None:
         if int(n_states) not in result.maps:
             raise ValueError(
@@ -96,7 +140,25 @@ def _choose(result: FitResult, criterion: str, n_states) -> FitResult:
             )
         result.selected_n = int(n_states)
     else:
-        result.selected_n = select_n(result.sweep, criterion)
+        result.selected_n = select_n(result.sweep, used)
+    selection = describe_selection(
+        result.sweep,
+        used,
+        result.selected_n,
+        max_states=max_states,
+        cap=cap,
+        given=n_states is not None,
+        heldout_runs=heldout_runs,
+        n_runs=len(result.runs),
+        runs_needed=runs_needed,
+    )
+    if note:
+        selection["notes"].insert(0, note)
+        selection["message"] = f"{selection['message']}; {note}"
+    result.selection = selection
+    result.warnings = [w for w in result.warnings if not w.startswith(SELECTION_WARNING)]
+    if selection["at_ceiling"]:
+        result.warnings.append(SELECTION_WARNING + selection["warning"])
     result.params = {**result.params, "criterion": criterion, "n_states": n_states}
     return result
 
@@ -120,8 +182,16 @@ def fit_prepared(
     progress: Callable[[float], None] | None = None,
     seed: int = 0,
     params: dict | None = None,
+    max_states_cap: int = MAX_STATES_CAP,
+    heldout: float = 0.2,
 ) -> tuple[FitResult, dict[int, dict]]:
-    """Sweep, select and map already prepared runs; return the result and canonical arrays."""
+    """Sweep, select and map already prepared runs; return the result and canonical arrays.
+
+    When the criterion picks ``max_states``, the sweep is extended one n at a
+    time up to ``max_states_cap`` (see StateSelector's ``extend_to``);
+    ``heldout`` is the share the runs were split with (for the message when
+    too few runs left none held out).
+    """
     X, lengths = prepared.stack(prepared.train)
     X_held, lengths_held = prepared.stack(prepared.heldout)
     selector = StateSelector(
@@ -136,6 +206,7 @@ def fit_prepared(
         scheduler=scheduler,
         random_state=seed,
         progress=progress,
+        extend_to=max_states_cap,
     ).fit(X, lengths, X_held, lengths_held)
     convergence = {
         name: convergence_epoch(epochs, acc, threshold)
@@ -164,7 +235,16 @@ def fit_prepared(
         maps=maps,
         warnings=list(prepared.warnings),
     )
-    return _choose(result, criterion, n_states), canonical
+    result = _choose(
+        result,
+        criterion,
+        n_states,
+        max_states=max_states,
+        cap=max_states_cap,
+        heldout_runs=len(prepared.heldout),
+        runs_needed=runs_needed_for_heldout(heldout),
+    )
+    return result, canonical
 
 
 def fit_experiment(
@@ -189,6 +269,7 @@ def fit_experiment(
     tol: float | None = None,
     threshold: float = 0.9,
     refit: bool = False,
+    max_states_cap: int = MAX_STATES_CAP,
 ) -> FitResult:
     """Fit HMMs over the runs of ``root/experiment`` (or load the saved fit).
 
@@ -197,10 +278,13 @@ def fit_experiment(
     root, experiment : where the runs are (``ROOT/EXPERIMENT/RUN``).
     features : metric columns to model (default: the 14 paper features present).
     max_states : sweep n = 1..max_states.
+    max_states_cap : when the criterion picks max_states itself, the sweep goes
+        on one n at a time up to this many states (docs/selection.md, "Ceiling").
     restarts : random restarts per n; the best (held-out log-likelihood) is kept.
     cov : "diag" or "full" covariance.
-    criterion : how n is selected: "icl", "bic_best", "bic_mean" (the paper),
-        "aic_best" or "heldout_ll"; see docs/selection.md for which works.
+    criterion : how n is selected: "icl_ess" (default), "bic_ess", "icl",
+        "bic_best", "bic_mean" (the paper), "aic_best" or "heldout_ll"; see
+        docs/selection.md for which works.
     normalize : "pooled" or "per_run" z-scoring (the paper: per_run).
     n_states : use this n instead of the criterion's choice (must be feasible).
     workers : parallel fits (joblib ``n_jobs``; -1 = all cores).
@@ -236,6 +320,7 @@ def fit_experiment(
         n_iter=n_iter,
         tol=tol,
         threshold=threshold,
+        max_states_cap=max_states_cap,
     )
     _check(key_params, criterion, n_states, backend, scheduler, workers)
     # The fingerprint is taken before reading: if a run changes during the fit,
@@ -278,6 +363,8 @@ def fit_experiment(
         progress=progress,
         seed=seed,
         params=key_params,
+        max_states_cap=max_states_cap,
+        heldout=heldout,
     )
     extra = {
         "runs_fingerprint": runs_fingerprint,
@@ -314,6 +401,7 @@ def load_fit(
     n_iter: int = 100,
     tol: float | None = None,
     threshold: float = 0.9,
+    max_states_cap: int = MAX_STATES_CAP,
     **_ignored,
 ) -> FitResult | None:
     """The saved fit for exactly this request and the runs as they are now, or None.
@@ -337,6 +425,7 @@ def load_fit(
         n_iter=n_iter,
         tol=tol,
         threshold=threshold,
+        max_states_cap=max_states_cap,
     )
     key = store.fit_key(rundir.experiment_fingerprint(root, experiment), key_params)
     found = store.find_fit(root, experiment, key)

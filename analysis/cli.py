@@ -21,9 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--criterion",
-        choices=("icl", "bic_best", "bic_mean", "aic_best", "heldout_ll"),
+        choices=(
+            "auto",
+            "icl_ess",
+            "bic_ess",
+            "icl",
+            "bic_best",
+            "bic_mean",
+            "aic_best",
+            "heldout_ll",
+        ),
         default=None,
-        help="how n is selected (default: the best in docs/selection.md; bic_mean = paper)",
+        help="how n is selected (default auto: icl below 300 checkpoints per run, icl_ess "
+        "from there; see docs/selection.md; bic_mean = paper)",
     )
     parser.add_argument(
         "--normalize",
@@ -49,11 +59,30 @@ def _fmt(value, digits=1) -> str:
     return f"{value:.{digits}f}"
 
 
+def format_selection(result) -> str:
+    """How n was selected, one note per line under "selected n = ..."; the ceiling as a warning."""
+    selection = getattr(result, "selection", None) or {}
+    lines = []
+    for note in selection.get("notes", []):
+        if note == selection.get("warning"):
+            lines.append(f"warning: {note}")
+        else:
+            lines.append(f"  {note}")
+    return "\n".join(lines)
+
+
 def format_sweep(result) -> str:
-    """The sweep table as aligned text, the selected n marked with '*'."""
+    """The sweep table as aligned text, the selected n marked with '*'.
+
+    "ICL ess" is ICL counting effective checkpoints (docs/selection.md); it is
+    "-" for fits saved before it existed. Without held-out runs every score is
+    in-sample, and the header says so.
+    """
+    selection = getattr(result, "selection", None) or {}
+    scored = "in-sample" if selection.get("heldout_runs") == 0 else "heldout"
     lines = [
-        f"{'n':>3} {'ok':>3} {'fail':>4} {'heldout LL (mean±std)':>24} {'best LL':>10} "
-        f"{'AIC best':>10} {'BIC mean':>10} {'BIC best':>10} {'ICL':>10}"
+        f"{'n':>3} {'ok':>3} {'fail':>4} {scored + ' LL (mean±std)':>24} {'best LL':>10} "
+        f"{'AIC best':>10} {'BIC mean':>10} {'BIC best':>10} {'ICL':>10} {'ICL ess':>10}"
     ]
     for row in result.sweep.itertuples():
         mark = "*" if row.n == result.selected_n else " "
@@ -61,7 +90,8 @@ def format_sweep(result) -> str:
         lines.append(
             f"{row.n:>2}{mark} {row.converged if row.feasible else 0:>3.0f} {row.failures:>4} "
             f"{ll:>24} {_fmt(row.heldout_ll_best):>10} {_fmt(row.aic_best):>10} "
-            f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10}"
+            f"{_fmt(row.bic_mean):>10} {_fmt(row.bic_best):>10} {_fmt(row.icl_best):>10} "
+            f"{_fmt(getattr(row, 'icl_ess', None)):>10}"
         )
     for row in result.sweep.itertuples():
         if not row.feasible:
@@ -69,8 +99,55 @@ def format_sweep(result) -> str:
     return "\n".join(lines)
 
 
+def _p(value) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _epochs(value) -> str:
+    return "unbounded" if value is None else f"{value:+.0f}"
+
+
+def format_detour(detour: dict) -> str | None:
+    """One line on a state's detour test, or None when there is nothing to say."""
+    verdict = detour.get("verdict")
+    if verdict in (None, "all_runs", "no_runs"):
+        return None  # old fit, or nothing to compare: the visit count says it all
+    if verdict == "not_enough_runs":
+        return f"detour test: {detour['message']}"
+    lo, hi = detour.get("delay_ci") or (None, None)
+    delay = "median not reached" if detour["delay"] is None else f"{detour['delay']:+.0f} epochs"
+    return (
+        f"detour test: {'DETOUR' if verdict == 'detour' else 'no detour'} "
+        f"({detour['test']} p {_p(detour['p_value'])}, adjusted {_p(detour['p_adjusted'])}; "
+        f"delay {delay}, 95% interval [{_epochs(lo)}, {_epochs(hi)}]; "
+        f"{detour['n_visiting']} runs visit it, {detour['n_other']} do not)"
+    )
+
+
+def format_regression(reg: dict, censored: int) -> str:
+    """The convergence-on-occupancy regression in one line, never a saturated R² as a result."""
+    head = "convergence ~ occupancy: "
+    cens = f"{censored} censored run{'s' * (censored != 1)} left out"
+    if "saturated" not in reg:  # saved before the regression was checked
+        return head + f"R² {_fmt(reg.get('r2'), 3)} in-sample only (refit for leave-one-out R²)"
+    if reg["saturated"]:
+        return head + (
+            f"saturated: {reg['n_params']} parameters for {reg['n_runs']} runs, "
+            f"need >= {reg['n_params'] + 1} runs (no R² to show); {cens}"
+        )
+    if reg.get("r2") is None:
+        return head + reg["message"]
+    loo = "undefined" if reg.get("r2_loo") is None else f"{reg['r2_loo']:.3f}"
+    return head + (
+        f"R² {reg['r2']:.3f} in-sample, {loo} leave-one-out "
+        f"(adjusted {_fmt(reg.get('r2_adjusted'), 3)}), F-test p {_p(reg.get('p_value'))}; "
+        f"{reg['n_params']} parameters (reference state {reg['reference_state']}) for "
+        f"{reg['n_runs']} converged runs; {cens}"
+    )
+
+
 def format_map(training_map) -> str:
-    """A text summary of a training map: nodes, edges with top features, detours."""
+    """A text summary of a training map: nodes, detour tests, edges, regression."""
     m = training_map
     lines = [f"states ({m.n_states}):"]
     for s in m.states:
@@ -86,6 +163,9 @@ def format_map(training_map) -> str:
             f"visited by {s.visited_runs} runs, mean epoch {_fmt(s.mean_epoch)}"
             + (f" [{', '.join(flags)}]" if flags else "")
         )
+        detour = format_detour(s.detour)
+        if detour:
+            lines.append(f"      {detour}")
     lines.append(f"edges ({len(m.edges)}):")
     for e in m.edges:
         conv = _fmt(e.mean_convergence_epoch)
@@ -98,14 +178,20 @@ def format_map(training_map) -> str:
             f"mean convergence epoch {conv}; drivers: {features}"
         )
     detours = [s.state for s in m.states if s.is_detour]
-    lines.append(f"detour states: {detours if detours else 'none'}")
-    reg = m.regression
+    tested = [s for s in m.states if s.detour.get("p_adjusted") is not None]
+    notes = []
+    if tested:
+        notes.append(
+            f"{len(tested)} state{'s' * (len(tested) != 1)} tested; a detour needs "
+            f"Holm-adjusted p < {tested[0].detour['alpha']:g} and later convergence"
+        )
+    untold = sum(s.detour.get("verdict") == "not_enough_runs" for s in m.states)
+    if untold:
+        notes.append(f"{untold} state{'s' * (untold != 1)} with too few runs to tell")
+    how = f" ({'; '.join(notes)})" if notes else ""
+    lines.append(f"detour states: {detours if detours else 'none'}{how}")
     censored = sum(v is None for v in m.convergence_epoch.values())
-    lines.append(
-        f"convergence ~ occupancy: R² {_fmt(reg.get('r2'), 3)}, "
-        f"p {_fmt(reg.get('p_value'), 4) if reg.get('p_value') is not None else '-'}, "
-        f"{reg.get('n_runs', 0)} converged runs, {censored} censored (never reached threshold)"
-    )
+    lines.append(format_regression(m.regression, censored))
     lines.append(f"trajectory dissimilarity (mean pairwise TV): {m.dissimilarity:.3f}")
     return "\n".join(lines)
 
@@ -164,5 +250,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_sweep(result))
     how = "given" if params.get("n_states") is not None else f"by {params['criterion']}"
     print(f"selected n = {result.selected_n} ({how})")
+    if format_selection(result):
+        print(format_selection(result))
     print(format_map(result.map()))
     return 0

@@ -3,7 +3,8 @@
 METHOD.md sections 3 and 4. :func:`build_map` decodes every run (train and
 held-out) with Viterbi, relabels the states canonically, and fills the plain
 data classes of :mod:`analysis.result` that the CLI prints and the dashboard
-draws.
+draws. The statistics (detour tests, occupancy regression) are in
+:mod:`analysis.evidence`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from analysis.evidence import detour_tests, occupancy_regression
 from analysis.explain import edge_gradients
 from analysis.model import make_model
 from analysis.result import EdgeFeature, EdgeInfo, StateInfo, TrainingMap
@@ -53,42 +55,6 @@ def permute_arrays(arrays: dict, order: Sequence[int]) -> dict:
     }
 
 
-def occupancy_regression(occupancy: np.ndarray, target: np.ndarray) -> dict:
-    """Least squares of convergence epoch on state occupancy, with an F-test.
-
-    Occupancies sum to 1 per run, so with an intercept the design is singular.
-    We centre them and take the minimum-norm solution: the intercept is the
-    mean convergence epoch and the coefficients sum to zero, so a positive
-    coefficient means "more time in this state than average goes with later
-    convergence". R^2 and the F-test use the rank of the centred design.
-    """
-    from scipy import stats
-
-    m, n = occupancy.shape
-    result = {"coef": {k: 0.0 for k in range(n)}, "intercept": None, "r2": None}
-    result.update(p_value=None, n_runs=int(m), df_model=0, f_stat=None)
-    if m < 2:
-        return result
-    centred = occupancy - occupancy.mean(axis=0)
-    coef, _, rank, _ = np.linalg.lstsq(centred, target - target.mean(), rcond=None)
-    fitted = centred @ coef
-    sst = float(((target - target.mean()) ** 2).sum())
-    sse = float(((target - target.mean() - fitted) ** 2).sum())
-    result["coef"] = {k: float(c) for k, c in enumerate(coef)}
-    result["intercept"] = float(target.mean())
-    result["df_model"] = int(rank)
-    if sst > 0:
-        result["r2"] = 1.0 - sse / sst
-    df_resid = m - rank - 1
-    if rank > 0 and df_resid > 0 and sst > 0:
-        if sse <= 0:
-            result.update(f_stat=float("inf"), p_value=0.0)
-        else:
-            f_stat = ((sst - sse) / rank) / (sse / df_resid)
-            result.update(f_stat=float(f_stat), p_value=float(stats.f.sf(f_stat, rank, df_resid)))
-    return result
-
-
 def total_variation_dissimilarity(occupancy: np.ndarray) -> float:
     """Mean pairwise total-variation distance between runs' occupancy distributions.
 
@@ -125,16 +91,20 @@ def build_map(
     total = np.bincount(np.concatenate(paths), minlength=n)
     conv = np.array([convergence.get(r) for r in run_names], dtype=object)
     converged = np.array([c is not None for c in conv])
+    # Censored runs (never reached the threshold) are left out of the
+    # regression but kept in the detour tests, censored at their last epoch.
     regression = occupancy_regression(
-        occupancy[converged], np.array([c for c in conv[converged]], dtype=float)
+        occupancy, np.array([np.nan if c is None else c for c in conv], dtype=float)
     )
-    regression["n_censored"] = int((~converged).sum())
+    times = np.array(
+        [c if c is not None else np.asarray(e)[-1] for c, e in zip(conv, epochs)], dtype=float
+    )
+    detours = detour_tests(occupancy > 0, times, converged)
 
     states = []
     for k in range(n):
         in_k = [e[p == k] for p, e in zip(paths, epochs)]
         visited = sum(len(x) > 0 for x in in_k)
-        coef = regression["coef"].get(k, 0.0)
         states.append(
             StateInfo(
                 state=k,
@@ -142,12 +112,13 @@ def build_map(
                 self_prob=float(canonical["transmat"][k, k]),
                 start_runs=int(sum(p[0] == k for p in paths)),
                 end_runs=int(sum(p[-1] == k for p in paths)),
-                # A detour: visiting it goes with later convergence, and some
-                # runs manage without it (METHOD.md 4).
-                is_detour=bool(coef > 1e-9 and 0 < visited < len(paths)),
+                # A detour: runs visiting it converge significantly later than
+                # the runs that manage without it (METHOD.md 4, analysis.evidence).
+                is_detour=detours[k]["verdict"] == "detour",
                 visited_runs=int(visited),
                 mean_epoch=float(np.concatenate(in_k).mean()) if visited else float("nan"),
                 profile={f: float(v) for f, v in zip(feature_names, canonical["means"][k])},
+                detour=detours[k],
             )
         )
 

@@ -35,9 +35,25 @@ CRITERIA = {
     "aic_best": ("aic_best", "min"),
     "heldout_ll": ("heldout_ll_best", "max"),
     "icl": ("icl_best", "min"),
+    # The same two counting effective rather than all held-out checkpoints
+    # (autocorrelated metrics; see effective_criteria and docs/selection.md).
+    "bic_ess": ("bic_ess", "min"),
+    "icl_ess": ("icl_ess", "min"),
+    # icl on short runs, icl_ess on long ones (see LONG_RUN_CHECKPOINTS)
+    "auto": ("icl_auto", "min"),
 }
-# Chosen by the selection study in docs/selection.md.
-DEFAULT_CRITERION = "icl"
+# Chosen by the selection studies in docs/selection.md.
+DEFAULT_CRITERION = "auto"
+# Runs at least this long (checkpoints per scored run) are selected with the
+# effective-sample penalty by "auto". Measured (docs/selection.md): plain ICL
+# over-selects from about 300 checkpoints on (53/72 right at 300-3000, against
+# 62/72 for icl_ess), while icl_ess under-selects shorter runs (30/45 right at
+# 100-250 checkpoints, against 41/45 for plain ICL): it merges small states such
+# as a detour branch's.
+LONG_RUN_CHECKPOINTS = 300
+# When the criterion picks the largest n tried, the sweep goes on one n at a
+# time up to this many states (docs/selection.md, "Ceiling").
+MAX_STATES_CAP = 12
 
 SWEEP_COLUMNS = [
     "n",
@@ -56,6 +72,14 @@ SWEEP_COLUMNS = [
     "bic_std",
     "bic_best",
     "icl_best",
+    "heldout_rows",  # checkpoints the criteria are computed on
+    "entropy_best",  # entropy of the posterior state assignments (ICL's extra term)
+    "lag1_best",  # lag-1 autocorrelation of the best restart's residuals
+    "autocorr_time",  # tau of the effective sample size, one value for the sweep
+    "bic_ess",  # BIC and ICL counting effective rows (see effective_criteria)
+    "icl_ess",
+    "rows_per_run",  # scored checkpoints per scored run ("auto" switches on it)
+    "icl_auto",  # the "auto" criterion: icl_best or icl_ess by rows_per_run
     "best_restart",
     "n_params",
     "seconds",
@@ -111,6 +135,51 @@ def model_arrays(model) -> dict[str, np.ndarray]:
 BATCH_LIMIT = 3_000_000
 
 
+def lag1_autocorrelation(residuals: Sequence[np.ndarray]) -> np.ndarray:
+    """Lag-1 autocorrelation of each feature's residuals, pooled over runs.
+
+    ``residuals`` holds one (T_i, F) array per run. Pairs (t, t+1) are taken
+    within runs only. Residuals are not re-centred per run: a model's residuals
+    are zero-mean by assumption, so a per-run offset the model missed is
+    persistence (less independent information), just as AR noise is.
+    Returns F values (0 for a feature with no variance or no pairs).
+    """
+    residuals = [np.asarray(r, dtype=float) for r in residuals]
+    if not residuals:
+        return np.zeros(0)
+    lagged = sum((r[1:] * r[:-1]).sum(axis=0) for r in residuals)
+    power = sum((r**2).sum(axis=0) for r in residuals)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(power > 0, lagged / power, 0.0)
+    return np.asarray(rho, dtype=float)
+
+
+# The largest autocorrelation time counted: beyond it a run carries less than
+# one independent checkpoint per ~100, and the estimate from lag 1 means little.
+MAX_AUTOCORR_TIME = 100.0
+
+
+def autocorr_time(rho: float) -> float:
+    """Integrated autocorrelation time of an AR(1) process with lag-1 correlation ``rho``.
+
+    tau = 1 + 2 * sum_k rho^k = (1 + rho) / (1 - rho): the number of
+    consecutive checkpoints that carry the information of one independent
+    one. Negative correlation is counted as none (tau = 1), so the effective
+    sample size never exceeds the number of checkpoints.
+    """
+    rho = float(np.clip(rho, 0.0, 1.0))
+    if rho >= 1.0:
+        return MAX_AUTOCORR_TIME
+    return float(min((1.0 + rho) / (1.0 - rho), MAX_AUTOCORR_TIME))
+
+
+def _residual_lag1(model_means, X, lengths, posteriors) -> float:
+    """Mean over features of the lag-1 autocorrelation of x_t - E[mu | x] (posterior mean)."""
+    residual = X - posteriors @ model_means
+    runs = np.split(residual, np.cumsum(lengths)[:-1])
+    return float(np.mean(lag1_autocorrelation(runs)))
+
+
 def _score(record, model, arrays, X, lengths, X_held, lengths_held, converged, n_done):
     """Fill ``record`` with likelihoods and criteria of a fitted model (raises if degenerate)."""
     p = record["n_params"]
@@ -130,6 +199,10 @@ def _score(record, model, arrays, X, lengths, X_held, lengths_held, converged, n
         ok=True,
         train_ll=train_ll,
         heldout_ll=float(held_ll),
+        heldout_rows=T,
+        heldout_runs=len(held_lengths),
+        entropy=float(entropy),
+        lag1=_residual_lag1(arrays["means"], held, held_lengths, posteriors),
         aic=-2 * held_ll + 2 * p,
         bic=-2 * held_ll + p * math.log(T),
         icl=-2 * held_ll + p * math.log(T) + 2 * float(entropy),
@@ -288,6 +361,10 @@ def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
                 n_iter_mean=float(np.mean([r["n_iter"] for r in good])),
                 train_ll=float(best["train_ll"]),
                 icl_best=float(best["icl"]),
+                heldout_rows=int(best["heldout_rows"]),
+                rows_per_run=float(best["heldout_rows"]) / max(int(best["heldout_runs"]), 1),
+                entropy_best=float(best["entropy"]),
+                lag1_best=float(best["lag1"]),
                 best_restart=int(best["restart"]),
             )
         rows.append(row)
@@ -295,7 +372,61 @@ def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
     table["n"] = table["n"].astype(int)
     table["feasible"] = table["feasible"].astype(bool)
     table["failures"] = table["failures"].astype(int)
+    return effective_criteria(table)
+
+
+def effective_criteria(table: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``autocorr_time``, ``bic_ess`` and ``icl_ess`` of a sweep table (in place, returned).
+
+    Consecutive checkpoints of a training run are not independent: the metrics
+    wander (autocorrelated noise, drift, per-run offsets). Plain BIC and ICL
+    count every checkpoint as an independent observation, so on long runs the
+    likelihood an extra state gains from modelling that wandering grows with
+    the number of checkpoints T while the penalty grows with ln T only, and n
+    is over-selected. With tau the integrated autocorrelation time of the
+    residuals x_t - E[mu_{s_t} | x] (from their lag-1 autocorrelation, AR(1)):
+
+        BIC_ess = -2 LL + sqrt(tau) * p * ln(T / tau)
+        ICL_ess = BIC_ess + 2 * entropy
+
+    T / tau is the effective number of held-out checkpoints (BIC's log term
+    counts independent observations). The factor sqrt(tau): the criteria
+    compare models on held-out runs, and the chance fluctuation of a held-out
+    log-likelihood difference, a sum of T autocorrelated terms, has a standard
+    deviation sqrt(tau) times that of T independent ones; the penalty that
+    guards against chance improvements grows by the same factor. Scaling the
+    likelihood by 1 / tau instead (penalty x tau) was measured too and
+    under-selects short runs (docs/selection.md).
+
+    One tau serves every n, so the criteria stay comparable across n: the
+    smallest over the feasible n, i.e. the residual persistence of the most
+    flexible fit (a model with too few states leaves a state's mean shift in
+    its residuals and would overstate tau). A table without the residual
+    column (a fit saved before this existed) gets NaN, i.e. no ESS criteria.
+    """
+    have = "lag1_best" in table and table["feasible"].any() and table["lag1_best"].notna().any()
+    for column in ("autocorr_time", "bic_ess", "icl_ess", "icl_auto"):
+        table[column] = np.nan
+    if not have:
+        if "icl_best" in table:
+            table["icl_auto"] = table["icl_best"]
+        return table
+    tau = min(autocorr_time(rho) for rho in table.loc[table["feasible"], "lag1_best"].dropna())
+    # At least 2 effective rows, so the log term stays a penalty.
+    t_eff = np.maximum(table["heldout_rows"].astype(float) / tau, 2.0)
+    bic = -2 * table["heldout_ll_best"] + math.sqrt(tau) * table["n_params"] * np.log(t_eff)
+    table["autocorr_time"] = tau
+    table["bic_ess"] = bic
+    table["icl_ess"] = bic + 2 * table["entropy_best"]
+    table["icl_auto"] = table["icl_ess"] if long_runs(table) else table["icl_best"]
     return table
+
+
+def long_runs(table: pd.DataFrame) -> bool:
+    """True when the scored runs are long enough for "auto" to use the ESS penalty."""
+    if "rows_per_run" not in table or not table["rows_per_run"].notna().any():
+        return False
+    return float(table["rows_per_run"].dropna().iloc[0]) >= LONG_RUN_CHECKPOINTS
 
 
 def select_n(table: pd.DataFrame, criterion: str = DEFAULT_CRITERION) -> int:
@@ -303,6 +434,11 @@ def select_n(table: pd.DataFrame, criterion: str = DEFAULT_CRITERION) -> int:
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     column, direction = CRITERIA[criterion]
+    if column not in table:
+        raise ValueError(
+            f"criterion {criterion!r} needs column {column!r}, which this sweep table lacks "
+            "(a fit saved by an older trainmap: refit, or choose another criterion)"
+        )
     feasible = table[table["feasible"] & table[column].notna()]
     if feasible.empty:
         raise ValueError("no feasible number of states in the sweep")
@@ -414,11 +550,16 @@ class StateSelector(BaseEstimator):
         hmmlearn's) or "hmmlearn" (GaussianHMM.fit per restart; always for full).
     workers, backend, scheduler : parallelism (see :func:`run_sweep`).
     random_state : seed of the restarts.
+    extend_to : when the criterion picks ``max_states`` itself, fit
+        ``max_states + 1``, ``+ 2``, ... one at a time until the criterion turns
+        up (picks a smaller n than the largest tried), that n is infeasible, or
+        ``extend_to`` states are reached. None (default): try 1..max_states only.
 
     ``fit(X, lengths, X_heldout, lengths_heldout)`` takes the train runs and the
     held-out runs (each as stacked rows plus per-run lengths) and sets
     ``records_`` (every fit), ``sweep_`` (the table), ``n_components_`` (the
-    selected n) and ``models_`` (best restart's parameters per feasible n).
+    selected n), ``models_`` (best restart's parameters per feasible n) and
+    ``max_states_tried_`` (the largest n fitted, above ``max_states`` if extended).
     """
 
     def __init__(
@@ -437,6 +578,7 @@ class StateSelector(BaseEstimator):
         scheduler=None,
         random_state=0,
         progress=None,
+        extend_to=None,
     ):
         self.max_states = max_states
         self.restarts = restarts
@@ -452,6 +594,7 @@ class StateSelector(BaseEstimator):
         self.scheduler = scheduler
         self.random_state = random_state
         self.progress = progress
+        self.extend_to = extend_to
 
     def fit(self, X, lengths, X_heldout=None, lengths_heldout=None):
         X = np.asarray(X, dtype=float)
@@ -467,12 +610,8 @@ class StateSelector(BaseEstimator):
             raise ValueError(f"n_states must be in 1..max_states={self.max_states}")
         if X_heldout is None:
             X_heldout, lengths_heldout = np.empty((0, X.shape[1])), []
-        self.records_ = run_sweep(
-            X,
-            list(lengths),
-            np.asarray(X_heldout, dtype=float),
-            list(lengths_heldout),
-            max_states=int(self.max_states),
+        data = (X, list(lengths), np.asarray(X_heldout, dtype=float), list(lengths_heldout))
+        options = dict(
             restarts=int(self.restarts),
             covariance_type=self.covariance_type,
             n_iter=self.n_iter,
@@ -483,9 +622,24 @@ class StateSelector(BaseEstimator):
             workers=self.workers,
             backend=self.backend,
             scheduler=self.scheduler,
-            progress=self.progress,
         )
-        self.sweep_ = sweep_table(self.records_, int(self.max_states))
+        tried = int(self.max_states)
+        self.records_ = run_sweep(*data, max_states=tried, progress=self.progress, **options)
+        self.sweep_ = sweep_table(self.records_, tried)
+        cap = max(int(self.extend_to or 0), tried)
+        # The ceiling guardrail: a criterion still falling at the largest n
+        # tried says nothing about where it would turn up.
+        while (
+            self.n_states is None
+            and tried < cap
+            and self.sweep_["feasible"].iloc[-1]
+            and select_n(self.sweep_, self.criterion) == tried
+        ):
+            tried += 1
+            # The progress callback has reported 1.0 already; extensions are quiet.
+            self.records_ += run_sweep(*data, states=[tried], progress_bar=False, **options)
+            self.sweep_ = sweep_table(self.records_, tried)
+        self.max_states_tried_ = tried
         self.models_ = best_models(self.records_, self.sweep_)
         if not self.models_:
             first = next((r["error"] for r in self.records_ if r["error"]), "?")
@@ -510,3 +664,106 @@ def best_models(records: Sequence[dict], table: pd.DataFrame) -> dict[int, dict]
             )
             out[int(row.n)] = record["arrays"]
     return out
+
+
+def describe_selection(
+    table: pd.DataFrame,
+    criterion: str,
+    selected: int,
+    *,
+    max_states: int,
+    cap: int = MAX_STATES_CAP,
+    given: bool = False,
+    heldout_runs: int | None = None,
+    n_runs: int | None = None,
+    runs_needed: int | None = None,
+) -> dict:
+    """How n was selected, in plain words and numbers (``FitResult.selection``).
+
+    Keys: criterion, max_states_tried, extended, at_ceiling, penalty ("ess" or
+    "plain"), effective_rows and autocorr_time (None for a plain penalty),
+    message; and notes (the message's sentences after the first), warning (the
+    ceiling sentence, "" if none), max_states (requested), cap, heldout_runs.
+    ``at_ceiling`` is True when the criterion's n is the largest feasible n:
+    the criterion never turned up, so the true n may be larger.
+    """
+    feasible = table.loc[table["feasible"], "n"]
+    tried = int(table["n"].max())
+    largest = int(feasible.max()) if len(feasible) else 0
+    uses_ess = criterion.endswith("_ess") or (criterion == "auto" and long_runs(table))
+    penalty = "ess" if uses_ess else "plain"
+    tau = rows = None
+    if penalty == "ess" and "autocorr_time" in table and table["autocorr_time"].notna().any():
+        tau = float(table["autocorr_time"].dropna().iloc[0])
+        rows = float(table.loc[table["feasible"], "heldout_rows"].iloc[0]) / tau
+    pick = selected if not given else select_n(table, criterion)
+    at_ceiling = not given and pick == largest
+    cap = max(int(cap), int(max_states))
+    notes = []  # plain sentences, each shown on its own line by the CLI
+    if criterion == "auto" and "rows_per_run" in table and table["rows_per_run"].notna().any():
+        per_run = float(table["rows_per_run"].dropna().iloc[0])
+        notes.append(
+            f"runs of {per_run:.0f} checkpoints: "
+            + (
+                "ICL with the effective-sample penalty (long runs)"
+                if uses_ess
+                else f"plain ICL (the effective-sample penalty applies from "
+                f"{LONG_RUN_CHECKPOINTS} checkpoints per run)"
+            )
+        )
+    if given and pick != selected:
+        notes.append(f"{criterion} would pick {pick}")
+    if tau is not None:
+        notes.append(
+            f"the penalty counts {rows:.0f} effective of {rows * tau:.0f} scored "
+            f"checkpoints (autocorrelation time {tau:.1f})"
+        )
+    extended = tried > int(max_states)
+    if extended:
+        notes.append(
+            f"the criterion was still falling at n = {max_states}, so the sweep went on "
+            f"to n = {tried}"
+        )
+    warning = ""
+    if at_ceiling:
+        if largest < tried:
+            warning = (
+                f"n = {pick} is the largest feasible n (more states have too many parameters "
+                "for these checkpoints): the true n may be larger"
+            )
+        elif tried >= cap:
+            warning = f"n = {pick} is the largest tried (cap {cap}): the true n may be larger"
+        else:
+            warning = (
+                f"n = {pick} is the largest tried: the true n may be larger "
+                f"(refit with max_states up to {cap})"
+            )
+        notes.append(warning)
+    if heldout_runs == 0:
+        why = (
+            f"{n_runs} runs, a held-out set needs at least {runs_needed}"
+            if runs_needed
+            else "none requested"
+        )
+        notes.append(
+            f"no held-out runs ({why}): the criteria are computed on the training runs "
+            "themselves (in-sample)"
+        )
+        if criterion == "heldout_ll":
+            notes.append("in-sample log-likelihood only grows with n: it selects nothing")
+    head = f"selected n = {selected} " + ("(given)" if given else f"by {criterion}")
+    return {
+        "criterion": criterion,
+        "max_states_tried": tried,
+        "extended": extended,
+        "at_ceiling": bool(at_ceiling),
+        "penalty": penalty,
+        "effective_rows": rows,
+        "autocorr_time": tau,
+        "message": "; ".join([head, *notes]),
+        "notes": notes,
+        "warning": warning,
+        "max_states": int(max_states),
+        "cap": cap,
+        "heldout_runs": heldout_runs,
+    }

@@ -17,6 +17,7 @@ Degenerate input is reported, never fatal for the whole experiment:
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -84,19 +85,28 @@ def zscore(values: np.ndarray, axis=0) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def split_runs(names: Sequence[str], heldout: float, seed: int) -> tuple[list[int], list[int]]:
     """Split runs (not rows) into train and held-out, deterministically.
 
-    The split depends only on the sorted run names, ``heldout`` and ``seed``. At
-    least one run is held out when there are two or more runs (and at least one
-    is kept for training); a single run is used for both.
+    The split depends only on the sorted run names, ``heldout`` and ``seed``.
+    ``round(heldout * n)`` runs are held out (at least one kept for training),
+    but none when the share is less than one whole run (``heldout * n < 1``,
+    e.g. fewer than 5 runs at 0.2; :func:`runs_needed_for_heldout`): one run
+    that is most of the data is no held-out set, and its criteria mean little.
     """
     order = sorted(range(len(names)), key=lambda i: names[i])
     n = len(order)
-    if n < 2 or heldout <= 0:
+    if n < 2 or heldout <= 0 or heldout * n < 1 - 1e-9:
         return order, []
     n_held = min(max(1, int(round(heldout * n))), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     held = sorted(order[i] for i in perm[:n_held])
     train = [i for i in order if i not in set(held)]
     return train, held
+
+
+def runs_needed_for_heldout(heldout: float) -> int | None:
+    """The fewest runs for which :func:`split_runs` holds out a run (None: never)."""
+    if heldout <= 0:
+        return None
+    return max(2, math.ceil(1 / heldout - 1e-9))
 
 
 def prepare_frames(
@@ -199,9 +209,16 @@ def prepare_frames(
     ]
     train, held = split_runs(names, heldout, seed)
     if not held:
+        needed = runs_needed_for_heldout(heldout)
+        why = (
+            f"{len(names)} usable runs; a held-out share of {heldout:g} needs at least "
+            f"{needed} runs"
+            if needed
+            else "heldout=0"
+        )
         notes.append(
-            "no held-out runs (one run, or heldout=0): the number of states is "
-            "selected on the training runs themselves"
+            f"no held-out runs ({why}): the number of states is selected on the training "
+            "runs themselves (in-sample BIC/ICL); held-out scores are not available"
         )
     for note in notes:
         warnings.warn(note, stacklevel=3)

@@ -21,10 +21,14 @@ class StateInfo:
     self_prob: float  # fitted transmat[k, k]
     start_runs: int  # runs whose path starts here
     end_runs: int  # runs whose path ends here
-    is_detour: bool  # positive occupancy coefficient, visited by some but not all runs
+    is_detour: bool  # detour["verdict"] == "detour"
     visited_runs: int
     mean_epoch: float  # mean epoch of the checkpoints decoded as this state
     profile: dict[str, float] = field(default_factory=dict)  # feature -> mean (z units)
+    # The detour test of this state (analysis.evidence.detour_tests): verdict,
+    # test, run counts, p_value, p_adjusted, delay, delay_ci, alpha, message.
+    # Empty for fits saved before the test existed.
+    detour: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -59,7 +63,10 @@ class TrainingMap:
     paths: dict[str, list[int]]  # run name -> canonical state per checkpoint
     epochs: dict[str, list[int]]  # run name -> epoch per checkpoint (same length as path)
     convergence_epoch: dict[str, int | None]  # None: censored (never reached threshold)
-    regression: dict  # {"coef": {state: c}, "intercept", "r2", "p_value", "n_runs"}
+    # analysis.evidence.occupancy_regression: coef (state -> epochs, None if not
+    # estimable), intercept, reference_state, n_params, df_model, df_resid, r2,
+    # r2_adjusted, r2_loo, f_stat, p_value, saturated, n_runs, n_censored, message
+    regression: dict
     dissimilarity: float  # mean pairwise total-variation distance of occupancies
 
     def to_dict(self) -> dict:
@@ -103,6 +110,10 @@ class FitResult:
     # Added by analysis (defaults keep older constructors working):
     warnings: list[str] = field(default_factory=list)  # dropped features, truncated runs, ...
     loaded: bool = False  # True when this result came from the store, not a new fit
+    # How n was selected (analysis.model.describe_selection): criterion,
+    # max_states_tried, extended, at_ceiling, penalty, effective_rows,
+    # autocorr_time, message, ...; {} for fits saved before it existed.
+    selection: dict = field(default_factory=dict)
 
     def map(self, n: int | None = None) -> TrainingMap:
         """The map for ``n`` states (default: the selected n)."""

@@ -36,7 +36,7 @@ FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: detour tests and the corrected regression
 
 
 def fits_dir(root, experiment) -> Path:
@@ -90,6 +90,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             "selected_n": result.selected_n,
             "maps": {str(n): m.to_dict() for n, m in result.maps.items()},
             "warnings": list(result.warnings),
+            "selection": dict(result.selection),
             **extra,
         }
         (tmp / FIT_FILE).write_text(json.dumps(_plain(payload), allow_nan=False))
@@ -156,6 +157,7 @@ def result_from_payload(payload: dict) -> FitResult:
         selected_n=int(payload["selected_n"]),
         maps=maps,
         warnings=list(payload.get("warnings", [])),
+        selection=dict(payload.get("selection") or {}),  # absent in older fits
     )
 
 

@@ -24,7 +24,11 @@ def experiment_dropdown(prefix: str, root: str, selected: str | None) -> dcc.Dro
 
 def query_store(prefix: str, query: dict) -> dcc.Store:
     """The URL query this page was opened with; the page's own controls override it."""
-    clean = {k: v for k, v in query.items() if k in ("experiment", "n", "run", "metric")}
+    clean = {
+        k: v
+        for k, v in query.items()
+        if k in ("experiment", "n", "run", "metric", "experiments", "match")
+    }
     return dcc.Store(id=f"{prefix}-query", data=clean)
 
 
@@ -72,5 +76,12 @@ def fit_warnings(root: str, experiment: str, overview: dict) -> html.Div | None:
                 id="fit-stale",
             )
         )
-    items += [html.P(text, className="muted") for text in overview.get("warnings", [])]
+    selection = (overview.get("selection") or {}).get("message")
+    if selection:  # e.g. n at the largest tried: shown wherever n is
+        items.append(html.P(selection, id="fit-selection-warning", className="warning"))
+    items += [
+        html.P(text, className="muted")
+        for text in overview.get("warnings", [])
+        if text != selection
+    ]
     return html.Div(items, className="notice") if items else None

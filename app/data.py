@@ -29,7 +29,7 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from app import figures
+from app import compare_figures, evidence, figures
 from trainer import rundir
 
 cache = Cache()
@@ -307,6 +307,8 @@ def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
         "convergence": dict(selected.convergence_epoch),
         "stale": bool(getattr(fit, "stale", False)),
         "warnings": list(getattr(fit, "warnings", [])),
+        "bootstrap": dict(getattr(fit, "bootstrap", None) or {}),
+        "selection": dict(getattr(fit, "selection", None) or {}),
     }
 
 
@@ -316,7 +318,36 @@ def map_view(root: str, experiment: str, fp: str, n: int) -> list[dict] | None:
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.map_elements(fit.maps[n])
+    return figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
+
+
+@cache.memoize()
+def evidence_view(root: str, experiment: str, fp: str, n: int) -> dict | None:
+    """The evidence behind the map with ``n`` states, in words (None if there is none).
+
+    ``n``: how sure the choice of n is; ``selection``: the selection's warning;
+    ``regression``: convergence on occupancy in and out of sample; ``detours``:
+    one sentence per state that some but not all runs visit.
+    """
+    fit = fit_result(root, experiment, fp)
+    if fit is None or n not in fit.maps:
+        return None
+    tmap = fit.maps[n]
+    bootstrap = getattr(fit, "bootstrap", None) or {}
+    return {
+        "n": evidence.n_distribution_words(bootstrap, fit.selected_n),
+        "selection": evidence.selection_words(getattr(fit, "selection", None)),
+        "regression": evidence.regression_words(tmap.regression),
+        "detours": [
+            {
+                "state": int(s.state),
+                "is_detour": bool(s.is_detour),
+                "text": evidence.detour_words(f"S{s.state}", getattr(s, "detour", {})),
+            }
+            for s in tmap.states
+            if 0 < s.visited_runs < len(tmap.paths)
+        ],
+    }
 
 
 @cache.memoize()
@@ -421,3 +452,164 @@ def fit_command(root: str, experiment: str) -> str:
     for key, value in BACKGROUND.get("fit_params", {}).items():
         command += f" --{key.replace('_', '-')} {value}"
     return command
+
+
+# ---------------------------------------------------------------- compare
+
+
+def valid_experiments(root: str, value) -> list[str]:
+    """Experiments to compare, from a URL (``A,B``) or a multi-select.
+
+    Names that are not experiments under the root are dropped; order is kept
+    and repeats removed. Never raises.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    names = []
+    for name in value or []:
+        name = valid_experiment(root, str(name).strip())
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+@cache.memoize()
+def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "auto") -> dict:
+    """The Compare page's data for ``experiments`` (each with a saved fit).
+
+    ``fps`` are the experiments' fingerprints (the cache key); ``match_on`` is
+    "auto", "levels" or "shapes" (``analysis.compare.compare_fits``). Returns
+    ``{"error": message}`` when they cannot be compared (e.g. no shared
+    feature), else ``comparison`` (``analysis.compare.Comparison.to_dict()``),
+    ``elements`` (per experiment, the map in matched phases) and ``figure``
+    (the convergence chart).
+    """
+    from analysis.compare import CompareError, compare_experiments
+
+    try:
+        comparison = compare_experiments(
+            [(root, e) for e in experiments], match_on=match_on
+        ).to_dict()
+    except CompareError as error:
+        return {"error": str(error)}
+    elements = []
+    for i, (experiment, fp) in enumerate(zip(experiments, fps)):
+        side = comparison["experiments"][i]
+        fit = fit_result(root, experiment, fp)
+        # The page's fit and the comparison's are chosen alike; if a refit
+        # landed in between they differ, and the next fingerprint redraws.
+        if fit is None or fit.fingerprint != side["fit_key"] or side["n_states"] not in fit.maps:
+            elements.append([])
+            continue
+        tmap = fit.maps[side["n_states"]]
+        elements.append(compare_figures.matched_elements(figures.map_elements(tmap), comparison, i))
+    return {
+        "comparison": comparison,
+        "elements": elements,
+        "figure": compare_figures.convergence_figure(comparison).to_plotly_json(),
+    }
+
+
+# ------------------------------------------------------------ predictions
+# A run still training changes the experiment's fingerprint with every row, but
+# not its saved fit: the fit's reference data and the validation of prediction
+# are keyed by the fits part of the fingerprint only, so they are read once per
+# fit, and each run's prediction by that run's own fingerprint.
+
+PREDICTED_STATUSES = ("running", "interrupted")
+
+
+def _fits_part(fp: str) -> str:
+    """The saved-fits half of a ``fingerprint`` (``DATA-FITS``, both hex)."""
+    return fp.rsplit("-", 1)[-1]
+
+
+@cache.memoize()
+def prediction_reference(root: str, experiment: str, fits_fp: str):
+    """What predictions need from the saved fit (``analysis.predict.Reference``), or None."""
+    from analysis import predict
+
+    try:
+        return predict.load_reference(root, experiment)
+    except predict.PredictError:
+        return None
+
+
+@cache.memoize()
+def prediction_validation(root: str, experiment: str, fits_fp: str) -> dict | None:
+    """Leave-one-run-out validation of prediction on the saved fit (verdict and message)."""
+    from analysis import predict_study
+
+    reference = prediction_reference(root, experiment, fits_fp)
+    if reference is None:
+        return None
+    result = predict_study.validate(
+        root,
+        experiment,
+        reference=reference,
+        load_metrics=lambda run: load_run_metrics(root, experiment, run),  # cached reads
+    )
+    result.pop("cases", None)
+    return result
+
+
+@cache.memoize()
+def run_prediction(root: str, experiment: str, run: str, run_fp: str, fits_fp: str):
+    """``Prediction.summary()`` of one run as written now, ``{"error": ...}``, or None (no fit)."""
+    from analysis import predict
+
+    reference = prediction_reference(root, experiment, fits_fp)
+    if reference is None:
+        return None
+    frame = load_run_metrics(root, experiment, run)
+    if frame is None:
+        return {"error": "the run's files are broken"}
+    try:
+        summary = predict.predict_frame(reference, frame, run, exclude=[run]).summary()
+    except predict.PredictError as error:
+        return {"error": str(error)}
+    return summary
+
+
+def run_status(root: str, experiment: str, run: str) -> str | None:
+    """A run's effective status (running, interrupted, ...), or None if it does not exist."""
+    try:
+        path = rundir.run_path(root, experiment, run)
+    except rundir.RunDirError:
+        return None
+    return _run_summary(root, experiment, run, rundir.run_fingerprint(path))["status"]
+
+
+def prediction_view(root: str, experiment: str, fp: str, run: str) -> dict | None:
+    """A run's prediction with the validation verdict, for a run still training; else None.
+
+    Without a saved fit the prediction is ``{"error": ...}`` naming the command to run.
+    """
+    if run_status(root, experiment, run) not in PREDICTED_STATUSES:
+        return None
+    fits_fp = _fits_part(fp)
+    summary = run_prediction(
+        root,
+        experiment,
+        run,
+        rundir.run_fingerprint(rundir.run_path(root, experiment, run)),
+        fits_fp,
+    )
+    if summary is None:  # the experiment has never been fitted
+        error = f"no saved fit; run {fit_command(root, experiment)}"
+        return {"prediction": {"error": error}, "validation": None}
+    return {"prediction": summary, "validation": prediction_validation(root, experiment, fits_fp)}
+
+
+@cache.memoize()
+def runs_predictions(root: str, experiment: str, fp: str) -> dict[str, str]:
+    """The Runs page's "predicted convergence" cell of every running or interrupted run."""
+    out = {}
+    for summary in run_summaries(root, experiment, fp):
+        if summary["status"] in PREDICTED_STATUSES:
+            view = prediction_view(root, experiment, fp, summary["run"])
+            if view is not None:
+                out[summary["run"]] = figures.prediction_cell(
+                    view["prediction"], view["validation"]
+                )
+    return out

@@ -19,6 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from app import evidence
+
 # Colour-blind friendly (Okabe-Ito, then Tableau) so up to ~12 states stay distinct.
 PALETTE = (
     "#0072B2",
@@ -207,18 +209,25 @@ def selection_figure(
                     row=1,
                     col=col,
                 )
-    if "icl_best" in frame and np.isfinite(frame["icl_best"].to_numpy(dtype=float)).any():
-        # ICL (BIC plus an entropy penalty) is analysis's default criterion.
+    # ICL (BIC plus an entropy penalty) and its effective-sample version, whose
+    # penalty counts autocorrelated checkpoints as fewer observations (the
+    # default criterion; docs/selection.md).
+    for column, label, color in (
+        ("icl_best", "ICL (best restart)", "#CC79A7"),
+        ("icl_ess", "ICL, effective sample", "#56B4E9"),
+    ):
+        if column not in frame or not np.isfinite(frame[column].to_numpy(dtype=float)).any():
+            continue
         fig.add_trace(
             go.Scatter(
                 x=n,
-                y=frame["icl_best"].to_numpy(dtype=float),
+                y=frame[column].to_numpy(dtype=float),
                 customdata=n,
                 mode="lines+markers",
-                marker={"size": 7, "color": "#CC79A7"},
-                line={"color": "#CC79A7", "dash": "dot"},
-                name="ICL (best restart)",
-                hovertemplate="n=%{x}<br>ICL %{y:.4g}<extra>click to choose n</extra>",
+                marker={"size": 7, "color": color},
+                line={"color": color, "dash": "dot"},
+                name=label,
+                hovertemplate=f"n=%{{x}}<br>{label} %{{y:.4g}}<extra>click to choose n</extra>",
             ),
             row=1,
             col=1,
@@ -309,7 +318,9 @@ def profile_rows(profile: Mapping[str, float], limit: int = 8) -> list[dict]:
     return [{"feature": k, "z": round(float(v), 2)} for k, v in items]
 
 
-def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
+def map_elements(
+    training_map, highlight_run: str | None = None, bootstrap: Mapping | None = None
+) -> list[dict]:
     """Cytoscape elements for a TrainingMap: one node per state, one edge per
     observed transition j -> k, with preset positions.
 
@@ -319,8 +330,16 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
     ``e<j>-<k>``, probability label, width, number of runs, mean convergence
     epoch and the top features. With ``highlight_run``, the nodes and edges on
     that run's decoded path get the class ``onpath``.
+
+    ``bootstrap`` (``FitResult.bootstrap``) applies when it was computed for
+    this n: each node and edge then carries the share of resamples in which it
+    was found, as words and as its opacity. Every node carries its detour test
+    in words (``detour_text``).
     """
     positions = map_positions(training_map.states)
+    if not bootstrap or int(bootstrap.get("n", -1)) != int(training_map.n_states):
+        bootstrap = {}
+    resamples = bootstrap.get("n_resamples")
     elements = []
     for state in training_map.states:
         k = int(state.state)
@@ -332,6 +351,7 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
         if state.is_detour:
             classes.append("detour")
         x, y = positions[k]
+        share = evidence.stability_share(bootstrap.get("state_stability"), k)
         elements.append(
             {
                 "data": {
@@ -346,6 +366,9 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
                     "start_runs": int(state.start_runs),
                     "end_runs": int(state.end_runs),
                     "is_detour": bool(state.is_detour),
+                    "detour_text": evidence.detour_words(f"S{k}", getattr(state, "detour", {})),
+                    "stability_text": evidence.stability_words(share, resamples),
+                    "opacity": evidence.opacity(share),
                     "profile": profile_rows(state.profile),
                 },
                 "position": {"x": x, "y": y},
@@ -355,6 +378,7 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
     for edge in training_map.edges:
         j, k = int(edge.source), int(edge.target)
         conv = _finite(edge.mean_convergence_epoch)
+        share = evidence.stability_share(bootstrap.get("edge_stability"), f"{j}->{k}")
         elements.append(
             {
                 "data": {
@@ -369,6 +393,9 @@ def map_elements(training_map, highlight_run: str | None = None) -> list[dict]:
                     "n_transitions": int(edge.n_transitions),
                     "mean_convergence_epoch": round(conv, 1) if conv is not None else None,
                     "features": feature_rows(edge.top_features),
+                    "stability_text": evidence.stability_words(share, resamples),
+                    # edges were drawn at 0.75 before stability existed
+                    "opacity": round(0.75 * evidence.opacity(share), 3),
                 },
                 "classes": "",
             }
@@ -409,6 +436,7 @@ def map_stylesheet() -> list[dict]:
                 "text-outline-width": 2,
                 "border-width": 2,
                 "border-color": "#555",
+                "opacity": "data(opacity)",
             },
         },
         # Start states get a thick green ring, end states a double dark ring,
@@ -428,7 +456,7 @@ def map_stylesheet() -> list[dict]:
                 "target-arrow-color": "data(color)",
                 "target-arrow-shape": "triangle",
                 "curve-style": "bezier",
-                "opacity": 0.75,
+                "opacity": "data(opacity)",
                 "label": "data(label)",
                 "font-size": 12,
                 "text-background-color": "#fff",
@@ -683,3 +711,190 @@ def run_export_frame(
         decoded = decoded[~decoded.index.duplicated(keep="last")]
         out["state"] = out["epoch"].map(decoded)
     return out
+
+
+# ---------------------------------------------------------------- prediction
+# ``summary`` is ``analysis.predict.Prediction.summary()`` (plain values) and
+# ``validation`` the leave-one-run-out verdict of ``analysis.predict_study``:
+# a point prediction is shown only when the validation says prediction beats
+# the naive baselines; otherwise the interval alone, with a plain note.
+
+PREDICTION_COLUMN = ("predicted_convergence", "predicted convergence")
+PREDICTION_COLOR = "#D55E00"
+
+
+def _epoch_text(value) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
+def prediction_confident(validation: Mapping | None) -> bool:
+    return bool(validation) and validation.get("verdict") == "better"
+
+
+def prediction_cell(summary: Mapping | None, validation: Mapping | None) -> str:
+    """A Runs table cell: "~240 (180–320), 9 runs", or the interval only when unvalidated."""
+    if not summary:
+        return ""
+    if summary.get("error"):
+        return f"no prediction: {summary['error']}"
+    if summary["converged_at"] is not None:
+        return f"converged at {summary['converged_at']}"
+    if summary["basis"] is None:
+        return "not enough runs to tell"
+    runs = f"{summary['n_reference']} runs"
+    if summary["median"] is None:
+        return f"after {_epoch_text(summary['floor'])}, {runs}"
+    high = "open" if summary["high"] is None else _epoch_text(summary["high"])
+    interval = f"{_epoch_text(summary['low'])}–{high}"
+    if prediction_confident(validation):
+        return f"~{_epoch_text(summary['median'])} ({interval}), {runs}"
+    return f"{interval}, {runs} (interval only: not better than baselines)"
+
+
+def with_predictions(rows: Sequence[Mapping], cells: Mapping[str, str]) -> list[dict]:
+    """Table rows with the predicted-convergence cell filled for the runs in ``cells``."""
+    key = PREDICTION_COLUMN[0]
+    return [{**row, key: cells.get(row["run"], "")} for row in rows]
+
+
+def prediction_words(summary: Mapping | None, validation: Mapping | None) -> str:
+    """The prediction under the curves chart, with what it rests on and the verdict."""
+    if not summary:
+        return ""
+    if summary.get("error"):
+        return f"No prediction: {summary['error']}"
+    head = (
+        f"Now in S{summary['state']} of the {summary['n']}-state map "
+        f"(p = {summary['state_prob']:.2f}) at epoch {summary['epoch']}. "
+    )
+    verdict = (validation or {}).get("message", "prediction not validated")
+    if summary["converged_at"] is not None or summary["basis"] is None:
+        return head + f"Convergence: {summary['text']}."
+    if summary["median"] is None or prediction_confident(validation):
+        return head + f"Predicted convergence epoch {summary['text']}. Validation: {verdict}."
+    high = "open" if summary["high"] is None else _epoch_text(summary["high"])
+    return head + (
+        f"Convergence expected between epochs {_epoch_text(summary['low'])} and {high} "
+        f"(80% interval of {summary['n_reference']} runs). No point estimate: prediction "
+        f"{verdict}."
+    )
+
+
+def live_state_shapes(epochs: Sequence[int], path: Sequence[int]) -> list[dict]:
+    """Background stretches of a run the fit has not decoded (its states so far).
+
+    The same look as the phases :func:`metric_figure` shades for fitted runs.
+    """
+    segments = state_segments(epochs, path)
+    shapes = [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": left,
+            "x1": right,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": _rgba(state_color(state), 0.18),
+            "line": {"width": 0},
+            "layer": "below",
+            "name": f"S{state}",
+        }
+        for left, right, state in segments
+    ]
+    for (_, right, a), (_, _, b) in zip(segments[:-1], segments[1:]):
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": right,
+                "x1": right,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#333", "width": 1, "dash": "dot"},
+                "name": f"S{a}->S{b}",
+            }
+        )
+    return shapes
+
+
+def add_prediction(
+    figure: Mapping,
+    summary: Mapping | None,
+    validation: Mapping | None,
+    shade_states: bool = False,
+) -> dict:
+    """A copy of a plain metric figure with the predicted convergence drawn on it.
+
+    A shaded vertical band over the 80% interval (to the last epoch any reference
+    run was seen when its upper end is open) and, only when the validation says
+    prediction beats the baselines, a line at the median; both labelled. Nothing
+    is drawn for a run that converged or has no prediction. ``shade_states``
+    also shades the run's states so far (for a run the fit has not decoded).
+    """
+    figure = dict(figure)
+    if not summary or summary.get("error"):
+        return figure
+    layout = dict(figure.get("layout") or {})
+    shapes = list(layout.get("shapes") or [])
+    annotations = list(layout.get("annotations") or [])
+    if shade_states and summary.get("path"):
+        shapes.extend(live_state_shapes(summary["epochs"], summary["path"]))
+    layout["shapes"] = shapes
+    figure["layout"] = layout
+    if summary["converged_at"] is not None or summary["basis"] is None:
+        return figure
+    low = summary["low"] if summary["low"] is not None else summary["epoch"]
+    high = summary["high"] if summary["high"] is not None else summary["floor"]
+    open_end = summary["high"] is None
+    shapes.append(
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": low,
+            "x1": high,
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": _rgba(PREDICTION_COLOR, 0.12),
+            "line": {"width": 1, "color": _rgba(PREDICTION_COLOR, 0.5), "dash": "dash"},
+            "layer": "below",
+            "name": "predicted convergence interval",
+        }
+    )
+    label = f"predicted convergence: {_epoch_text(low)}–{'open' if open_end else _epoch_text(high)}"
+    if summary["median"] is not None and prediction_confident(validation):
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": summary["median"],
+                "x1": summary["median"],
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": PREDICTION_COLOR, "width": 2},
+                "name": "predicted convergence epoch",
+            }
+        )
+        label = f"predicted convergence ~{_epoch_text(summary['median'])} ({label.split(': ')[1]})"
+    else:
+        label += " (interval only)"
+    annotations.append(
+        {
+            "x": (low + high) / 2,
+            "xref": "x",
+            "y": 1.0,
+            "yref": "paper",
+            "yanchor": "bottom",
+            "text": f"{label}, {summary['n_reference']} runs",
+            "showarrow": False,
+            "font": {"color": PREDICTION_COLOR, "size": 11},
+            "name": "prediction",
+        }
+    )
+    layout["shapes"] = shapes
+    layout["annotations"] = annotations
+    figure["layout"] = layout
+    return figure

@@ -105,7 +105,7 @@ def _layout() -> html.Div:
 _SYNC_URL_JS = """
 function(query, ids) {
     const params = new URLSearchParams();
-    for (const key of ["experiment", "n", "run", "metric"]) {
+    for (const key of ["experiment", "n", "run", "metric", "experiments", "match"]) {
         const value = query ? query[key] : null;
         if (value !== null && value !== undefined && value !== "") params.set(key, value);
     }

@@ -63,7 +63,8 @@ def test_analysis_never_imports_torch():
     code = (
         "import sys, analysis, analysis.api, analysis.cli, analysis.store, analysis.maps, "
         "analysis.synthetic, analysis.selection_study, analysis.fastem, analysis.model, "
-        "analysis.explain, analysis.prepare, hmmlearn.hmm, joblib, dask.distributed\n"
+        "analysis.explain, analysis.prepare, analysis.evidence, hmmlearn.hmm, joblib, "
+        "dask.distributed\n"
         "from analysis import fit_experiment, FitResult\n"
         # a whole (tiny) fit, map included, must not pull torch in either
         "from analysis.synthetic import make_synthetic\n"
@@ -172,7 +173,9 @@ def test_default_recovers_true_states_and_paths():
     # Every run starts in state 0 and the detour state of the truth is found.
     assert m.states[0].start_runs == len(truth.run_names)
     assert any(s.is_detour for s in m.states)
+    assert all(s.is_detour == (s.detour["verdict"] == "detour") for s in m.states)
     assert m.regression["r2"] > 0.8 and m.regression["p_value"] < 0.01
+    assert not m.regression["saturated"] and m.regression["r2_loo"] > 0.8
 
 
 def test_map_contents(experiment):

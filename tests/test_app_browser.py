@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -23,13 +22,11 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.by import By
 from test_app_support import EXPERIMENT, make_root
 
+from app import evidence
 from trainer import rundir
 
 pytestmark = pytest.mark.browser
 REFRESH_WAIT = 10  # the runs page polls every 3 s
-
-REPO = Path(__file__).resolve().parent.parent
-SCREENSHOT = REPO / "docs" / "training-map.png"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,15 +163,31 @@ def nav(dash_duo, name: str):
     dash_duo.driver.find_element(By.LINK_TEXT, name).click()
 
 
+def upstream_unmount_race(entry: dict) -> bool:
+    """dash-cytoscape 1.0.2 sometimes logs this when a page with a graph unmounts.
+
+    Cytoscape's element collections call ``cy().notify`` from a queued style
+    update after react-cytoscapejs has destroyed the instance (seen in about 1
+    of 3 journeys, on a clean main too, never with a visible effect). It is the
+    only console error allowed, and only from the dash_cytoscape bundle.
+    """
+    message = entry.get("message", "")
+    return "dash_cytoscape" in message and "reading 'notify'" in message
+
+
 def assert_no_console_errors(dash_duo):
-    errors = [entry for entry in dash_duo.get_logs() if entry.get("level") == "SEVERE"]
+    errors = [
+        entry
+        for entry in dash_duo.get_logs()
+        if entry.get("level") == "SEVERE" and not upstream_unmount_race(entry)
+    ]
     assert errors == [], errors
 
 
 # ------------------------------------------------------------------- tests
 
 
-def test_journey_runs_map_selection_curves(dash_duo, dash_app):
+def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
     app, truth, fit = dash_app
     dash_duo.driver.set_window_size(1400, 1000)
     dash_duo.start_server(app)
@@ -229,12 +242,24 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app):
     assert ("detour" in node_text) == state.is_detour
     best = max(state.profile.items(), key=lambda kv: abs(kv[1]))
     assert best[0] in node_text and f"{best[1]:+.2f} z" in node_text
+    # The detour test in words, in the hover and in the evidence panel below the map.
+    words = evidence.detour_words(f"S{state.state}", state.detour)
+    assert dash_duo.find_element("#map-node-detour").text == words
+    assert dash_duo.find_element("#evidence-regression").text == evidence.regression_words(
+        tmap.regression
+    )
+    tested = [s for s in tmap.states if 0 < s.visited_runs < len(tmap.paths)]
+    items = dash_duo.driver.find_elements(By.CSS_SELECTOR, "#evidence-detours li")
+    assert [i.text for i in items] == [
+        evidence.detour_words(f"S{s.state}", s.detour) for s in tested
+    ]
+    assert "no bootstrap" in dash_duo.find_element("#evidence-n").text
 
-    # The README's screenshot: map plus the hover panel.
+    # A screenshot of map plus hover panel renders (tests never rewrite docs/).
     time.sleep(0.5)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    dash_duo.find_element(".map-row").screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
+    screenshot = tmp_path / "training-map.png"
+    dash_duo.find_element(".map-row").screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
 
     # Click another n on the small selection plot: the map follows.
     n = other_n(fit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.evidence import detour_tests, occupancy_regression
 from analysis.result import EdgeFeature, EdgeInfo, FitResult, StateInfo, TrainingMap
 from analysis.synthetic import make_synthetic, write_synthetic_experiment
 
@@ -35,6 +36,13 @@ def _map_from_paths(names, paths, epochs, features, convergence) -> TrainingMap:
     n = int(max(int(p.max()) for p in paths) + 1)
     all_states = np.concatenate(paths)
     all_epochs = np.concatenate(epochs)
+    # The evidence as analysis computes it, on the true paths.
+    occupancy = np.array([np.bincount(p, minlength=n) / len(p) for p in paths])
+    conv = [convergence[name] for name in names]
+    events = np.array([c is not None for c in conv])
+    times = np.array([c if c is not None else e[-1] for c, e in zip(conv, epochs)], dtype=float)
+    detours = detour_tests(occupancy > 0, times, events)
+    target = np.array([c if c is not None else np.nan for c in conv], dtype=float)
     states = []
     for k in range(n):
         visited = [i for i, p in enumerate(paths) if (p == k).any()]
@@ -45,7 +53,8 @@ def _map_from_paths(names, paths, epochs, features, convergence) -> TrainingMap:
                 self_prob=0.95,
                 start_runs=sum(int(p[0] == k) for p in paths),
                 end_runs=sum(int(p[-1] == k) for p in paths),
-                is_detour=0 < len(visited) < len(paths),
+                is_detour=detours[k]["verdict"] == "detour",
+                detour=detours[k],
                 visited_runs=len(visited),
                 mean_epoch=float(all_epochs[all_states == k].mean()) if visited else 0.0,
                 profile={f: float(np.sin(k + j)) * 2 for j, f in enumerate(features)},
@@ -83,7 +92,7 @@ def _map_from_paths(names, paths, epochs, features, convergence) -> TrainingMap:
         paths={name: [int(s) for s in p] for name, p in zip(names, paths)},
         epochs={name: [int(e) for e in ep] for name, ep in zip(names, epochs)},
         convergence_epoch=dict(convergence),
-        regression={"coef": {}, "intercept": 0.0, "r2": 0.0, "p_value": 1.0, "n_runs": len(names)},
+        regression=occupancy_regression(occupancy, target),
         dissimilarity=0.1,
     )
 

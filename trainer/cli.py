@@ -18,9 +18,15 @@ from trainer.errors import UserError
 SUBCOMMANDS = {
     "train": ("trainer.train_cli", "train a built-in task across seeds into ROOT/EXPERIMENT"),
     "fit": ("analysis.cli", "fit and select HMMs over an experiment's runs"),
+    "compare": ("analysis.compare_cli", "compare experiments' training maps and convergence"),
+    "predict": ("analysis.predict_cli", "predict when a run still training will converge"),
     "serve": ("app.cli", "serve the dashboard for a root of experiments"),
     "demo": ("app.demo", "train a quick preset, fit the HMM and serve the dashboard"),
     "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "reproduce": (
+        "trainer.reproduce",
+        "check the paper's claims on the quick presets; write docs/reproduction.md",
+    ),
 }
 
 

@@ -4,6 +4,13 @@ One run's curve, the mean +- std band of all seeds, or both; the background
 is shaded by the chosen run's decoded states under the n-state map (same
 colours as the map's nodes) and each transition is a dotted line. The run
 chosen on the Runs page or the Training map arrives here through the URL.
+
+For a run still training (running or interrupted) and not converged yet, the
+predicted convergence (:mod:`analysis.predict`) is drawn on the chart: a band
+over its 80% interval, and a line at the predicted epoch only where the
+leave-one-run-out validation says prediction beats naive baselines. The page
+polls like the Runs page and redraws when the experiment's files change, so
+the run's curve and its prediction follow the rows as they are written.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from app import components, data, figures
 dash.register_page(
     __name__, path="/curves", name="Metric curves", title="trainmap: metric curves", order=3
 )
+
+REFRESH_MS = 3000
 
 
 def layout(experiment=None, n=None, run=None, metric=None, **_):
@@ -73,6 +82,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 className="controls",
             ),
             html.Div(id="curves-message"),
+            html.P(id="curves-prediction", className="hint"),
             dcc.Graph(
                 id="curves-graph",
                 # PNG export from the modebar (Plotly's toImage) at a useful size.
@@ -81,6 +91,8 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                     "toImageButtonOptions": {"format": "png", "filename": "trainmap-curve"},
                 },
             ),
+            dcc.Store(id="curves-fp"),
+            dcc.Interval(id="curves-interval", interval=REFRESH_MS),
         ]
     )
 
@@ -127,25 +139,31 @@ def choices(experiment, request):
 
 @callback(
     Output("curves-graph", "figure"),
+    Output("curves-prediction", "children"),
+    Output("curves-fp", "data"),
     Input("curves-experiment", "value"),
     Input("curves-metric", "value"),
     Input("curves-run", "value"),
     Input("curves-n", "value"),
     Input("curves-options", "value"),
     Input("curves-smoothing", "value"),
+    Input("curves-interval", "n_intervals"),
+    State("curves-fp", "data"),
 )
-def draw(experiment, metric, run, n, options, smoothing):
+def draw(experiment, metric, run, n, options, smoothing, _ticks, last_fp):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     if experiment is None or metric is None:
-        return figures.metric_figure(metric or "")
+        return figures.metric_figure(metric or ""), "", None
     fp = data.fingerprint(root, experiment)
+    if dash.ctx.triggered_id == "curves-interval" and fp == last_fp:
+        return no_update, no_update, no_update  # nothing changed on disk
     if metric not in data.metric_names(root, experiment, fp):
-        return figures.metric_figure(metric)
+        return figures.metric_figure(metric), "", fp
     run = data.valid_run(root, experiment, fp, run)
     options = options or []
     n = int(n) if n is not None else None
-    return data.curves_view(
+    figure = data.curves_view(
         root,
         experiment,
         fp,
@@ -156,6 +174,15 @@ def draw(experiment, metric, run, n, options, smoothing):
         "log" in options,
         int(smoothing or 1),
     )
+    view = data.prediction_view(root, experiment, fp, run) if run else None
+    if view is None:
+        return figure, "", fp
+    prediction, validation = view["prediction"], view["validation"]
+    # A run the fit has not decoded (it started after the fit) is shaded by its
+    # states so far, when the chart shows the same map the prediction uses.
+    shade = n == prediction.get("n") and data.run_states(root, experiment, fp, n, run) is None
+    figure = figures.add_prediction(figure, prediction, validation, shade_states=shade)
+    return figure, figures.prediction_words(prediction, validation), fp
 
 
 @callback(

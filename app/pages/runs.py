@@ -4,7 +4,11 @@ The table refreshes every few seconds but only sends new rows when the
 experiment's fingerprint changed, and keeps sorting, filtering and the
 selected run (rows are identified by run name, not position). The progress
 plot keeps its zoom across refreshes through Plotly's ``uirevision``.
-Selecting a run makes it the run of every other page.
+Selecting a run makes it the run of every other page. Running and
+interrupted runs get a predicted convergence epoch from the saved fit
+(:mod:`analysis.predict`), refreshed with the table as rows are appended: a
+point with its 80% interval where the leave-one-run-out validation says
+prediction beats naive baselines, the interval alone otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
             html.Div(components.no_experiments(root) if experiment is None else None),
             dash_table.DataTable(
                 id="runs-table",
-                columns=[{"name": title, "id": key} for key, title in figures.RUNS_COLUMNS],
+                columns=[
+                    {"name": title, "id": key}
+                    for key, title in (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)
+                ],
                 data=[],
                 sort_action="native",
                 filter_action="native",
@@ -49,7 +56,12 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 style_cell={"textAlign": "left", "fontFamily": "inherit", "padding": "4px 8px"},
                 # Long reasons wrap instead of pushing the other columns off screen.
                 style_cell_conditional=[
-                    {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"}
+                    {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"},
+                    {
+                        "if": {"column_id": figures.PREDICTION_COLUMN[0]},
+                        "maxWidth": "260px",
+                        "whiteSpace": "normal",
+                    },
                 ],
                 style_data_conditional=[
                     {
@@ -101,7 +113,8 @@ def refresh(experiment, _ticks, last_fp, zoom):
     figure = view["figure"]
     if dash.ctx.triggered_id == "runs-interval":
         figure = figures.keep_view(go.Figure(figure), zoom)  # keep the user's zoom
-    return view["rows"], view["counts"], figure, fp
+    rows = figures.with_predictions(view["rows"], data.runs_predictions(root, experiment, fp))
+    return rows, view["counts"], figure, fp
 
 
 @callback(

@@ -8,10 +8,12 @@ the fit in a background process with a progress bar.
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import components, data
+from app import components, data, evidence
 
 try:  # "Fit now" runs in a background process managed through diskcache
     import diskcache  # noqa: F401
@@ -102,8 +104,16 @@ def render(experiment, click, _fitted, chosen):
                     f"Selected by {params.get('criterion', 'the criterion')}: n = {selected}. ",
                     html.Strong(f"Showing n = {chosen}", id="selection-chosen"),
                     " (click a point to choose another). ",
-                    dcc.Link("Open the training map", href="/map"),
+                    dcc.Link(
+                        "Open the training map",
+                        href="/map?" + urlencode({"experiment": experiment, "n": chosen}),
+                        id="selection-map-link",
+                    ),
                 ]
+            ),
+            html.P(
+                evidence.n_distribution_words(overview.get("bootstrap"), selected),
+                id="selection-uncertainty",
             ),
             html.P(
                 f"{len(overview['runs'])} runs, features: {', '.join(overview['feature_names'])}",

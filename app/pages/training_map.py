@@ -77,6 +77,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                                     html.P("green ring: start state; double ring: end state"),
                                     html.P("dashed square: detour state"),
                                     html.P("node size: occupancy; edge width: probability"),
+                                    html.P("faded: found in few bootstrap resamples of the runs"),
                                 ],
                                 className="legend",
                             ),
@@ -86,6 +87,7 @@ def layout(experiment=None, n=None, run=None, metric=None, **_):
                 ],
                 className="map-row",
             ),
+            html.Div(id="map-evidence", className="evidence"),
             dcc.Graph(id="map-selection", config={"displaylogo": False}),
         ]
     )
@@ -162,6 +164,42 @@ def show_map(experiment, n, run):
     return elements
 
 
+@callback(
+    Output("map-evidence", "children"),
+    Input("map-experiment", "value"),
+    Input("map-n", "value"),
+)
+def show_evidence(experiment, n):
+    """How far the map shown can be trusted: n, detours, regression, in words."""
+    root = data.current_root()
+    experiment = data.valid_experiment(root, experiment)
+    if experiment is None or n is None:
+        return None
+    words = data.evidence_view(root, experiment, data.fingerprint(root, experiment), int(n))
+    if words is None:
+        return None
+    detours = [
+        html.Li(
+            d["text"], className="detour" if d["is_detour"] else None, id=f"evidence-s{d['state']}"
+        )
+        for d in words["detours"]
+    ]
+    return [
+        html.H4("Evidence"),
+        html.P(words["selection"], className="warning", id="evidence-selection")
+        if words["selection"]
+        else None,
+        html.P(words["n"], id="evidence-n"),
+        html.P(words["regression"], id="evidence-regression"),
+        html.P(
+            "States visited by some runs but not all (detour test):"
+            if detours
+            else "Every state is visited by all runs or by none: no detour to test."
+        ),
+        html.Ul(detours, id="evidence-detours") if detours else None,
+    ]
+
+
 @callback(Output("map-hover-edge", "children"), Input("map-graph", "mouseoverEdgeData"))
 def hover_edge(edge):
     if not edge:
@@ -183,6 +221,7 @@ def hover_edge(edge):
             f"{edge['n_runs']} runs take it ({edge['n_transitions']} times); "
             f"their mean convergence epoch: {f'{conv:.1f}' if conv is not None else 'n/a'}"
         ),
+        html.P(edge.get("stability_text", ""), className="muted", id="map-edge-stability"),
         html.Table(
             [html.Thead(html.Tr([html.Th("feature"), html.Th(""), html.Th("change")]))]
             + [html.Tbody(rows or [html.Tr(html.Td("no feature scores"))])],
@@ -215,6 +254,8 @@ def hover_node(node):
             f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
             f"visited by {node['visited_runs']} runs"
         ),
+        html.P(node.get("detour_text", ""), id="map-node-detour"),
+        html.P(node.get("stability_text", ""), className="muted", id="map-node-stability"),
         html.Table(
             [html.Tbody(rows)],
             className="features",

@@ -168,7 +168,9 @@ def summary_lines(training_map) -> list[str]:
         for source, edges in sorted(outgoing.items())
         if len(edges) > 1
     ]
-    lines.append("forks: " + ("; ".join(forks) if forks else "none, every run takes one path"))
+    lines.append(
+        "forks: " + ("; ".join(forks) if forks else "none (no state is left by two transitions)")
+    )
 
     detours = [s for s in training_map.states if s.detour.get("verdict") == "detour"]
     for state in detours:

@@ -91,9 +91,13 @@ def cy_count(browser, selector: str) -> int:
 def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
     url, root, output = demo
     text = "".join(output)
-    assert "[1/3] training modadd (tiny preset)" in text
+    assert "[1/3] training modadd (tiny preset) and modadd_ln (tiny preset)" in text
     assert "[2/3] fitting HMMs" in text
-    assert len(list((root / EXPERIMENT).glob("seed-*/metrics.jsonl"))) == 4
+    # both experiments trained and summarised: what tells them apart is printed
+    for experiment in (EXPERIMENT, "modadd_ln-tiny"):
+        assert len(list((root / experiment).glob("seed-*/metrics.jsonl"))) == 4
+    assert text.count("forks: ") == 2 and text.count("convergence (eval acc >= 0.9): ") == 2
+    assert "/compare?experiments=modadd-tiny,modadd_ln-tiny" in text
 
     # Runs page: every seed listed with its status.
     dash_br.server_url = url

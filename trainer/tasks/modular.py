@@ -9,31 +9,46 @@ and trains with batch 256 (METHOD.md §5).
 Presets
 -------
 ``paper``  the configuration above, 20000 epochs, a checkpoint every 100.
-``quick``  shows the phase transition on a CPU in 15-20 s of CPU time per
-           seed: 400 full-batch epochs, a checkpoint every 4 (100 rows per run).
-           Changes from the paper, each to shorten the run without removing the
-           jump: p = 59 (a quarter of the pairs: cheaper steps), 60% train (more
-           data shortens the plateau), d_model 64 / MLP 256 (cheaper), AdamW lr
-           3e-3 and weight decay 2.0 (the weight norm, and with it the
-           memorising solution, decays faster).
-           Measured 2026-11-27 on 2 cores shared with other engineers' jobs
-           (load average 4.5-5.5, so this process got well under 2 cores):
-           ``trainmap train --task modadd --preset quick --seeds 0-7 --workers 2``
-           took 2 min 50 s wall (2 min CPU); the same through ``train_seeds``
-           took 3 min 46 s, and the CLI again 3 min 55 s (2 min 35 s CPU),
-           with identical results each time. Every seed starts at chance (eval
-           acc ~0.01) and ends at eval acc 0.966-1.000; the first checkpoint
-           with eval acc >= 0.9 is at epoch 108-368 (seed 7 is the slowest, at
-           368), after train acc reached 0.99 at epoch 104-364. An idle machine
-           was not available to measure; by CPU time (2-2.5 min over 2 cores)
-           it should take a little over 1 min there, but that is arithmetic,
-           not a measurement.
+``quick``  grokking with a fast and a slow branch, sized for a CPU: p = 47,
+           60% of the pairs for training, d_model 48 (4 heads of 12), MLP 192,
+           full-batch AdamW lr 1e-2, weight decay 1.0, 500 epochs, a
+           checkpoint every 5 (100 rows per run). Smaller p and width make a
+           step cheap; lr 1e-2 makes every seed memorise within 100 epochs;
+           with 60% train it then generalises at a seed-dependent time (with
+           30-40% train at most 3 of 8 seeds generalised by epoch 800-1200).
 ``tiny``   a second or two per seed, for tests; it does not have to generalise.
 
-The LayerNorm variant's presets are the same with LayerNorm on and batch 256
-(its ``quick`` runs 300 epochs, a checkpoint every 3). Measured for seed 0 only:
-22 s CPU; train acc 0.99 at epoch 36, eval acc >= 0.9 from epoch 33: no delay,
-as the paper reports for LayerNorm.
+The LayerNorm variant (``modadd_ln``) has the paper preset with LayerNorm and
+batch 256. Its ``quick`` is ``modadd`` quick with LayerNorm, minibatches of 128,
+d_model 64 / MLP 256, AdamW lr 2e-3, weight decay 2.0, 60 epochs, a checkpoint
+every epoch. Full batch, it too memorised first and had not generalised by
+epoch 100 (8 of 8 seeds). At d_model 48 (lr 2e-3 to 5e-3, weight decay 0.5 to
+3, batch 64 to 256) 1 to 8 of 8 seeds ended below 0.96 eval accuracy after
+60-80 epochs, some stalled at a partial solution; at d_model 64 with lr 3e-3,
+3 of 24.
+
+Measured 2026-11-28 on this project's 2-core machine, 24 seeds each, 2 workers
+(``trainmap demo``; the same runs through ``train_run`` in a script gave
+identical metrics). The cores were shared with other jobs' tests (load average
+3.7-5.4, as ``uptime`` showed):
+
+* ``modadd`` quick: 5.1 s of CPU per seed (median; max 5.7). Of one seed's
+  6.5 s profiled at load 2.9: 3.7 s forward and backward, 0.3 s AdamW steps,
+  1.1 s importing torch._dynamo when the first AdamW of a process is built
+  (once per worker), about 1.6 s in the 100 checkpoints (grad_sym and
+  dist_irr 0.6 s, weight metrics and the row 0.4 s, the resume state 0.4 s,
+  evaluation 0.3 s). Every seed reaches train acc 0.99 at epoch 60-100; 23 of
+  24 reach eval acc 0.9 at epoch 85-365 (median 175) and end at 0.980-1.000;
+  seed 10 memorises (train acc 0.99 at epoch 85) but ends at eval acc 0.712
+  (censored). ``trainmap fit`` (defaults) selects 6 states: every run goes
+  S0 -> S1, then forks: 13 runs go straight to S3, 11 through S2, a detour by
+  the log-rank test (its visitors converge 160 epochs later, 95% interval 85 to
+  230; Holm-adjusted p = 3.8e-5).
+* ``modadd_ln`` quick: 2.6 s of CPU per seed (median; max 3.4). Every seed
+  reaches eval acc 0.9 at epoch 20-44 (median 29.5) and ends at 1.000. The fit
+  is a chain every run follows (9 states, the sweep extended past 8 because
+  the criterion was still falling): no fork, no detour (no state has 4 runs on
+  each side to test). Its epochs are 11 minibatch steps, modadd's one step.
 """
 
 from __future__ import annotations
@@ -69,20 +84,32 @@ PRESETS = {
     "paper": PAPER,
     "quick": dict(
         PAPER,
-        p=59,
+        p=47,
         train_fraction=0.6,
-        d_model=64,
-        d_mlp=256,
-        lr=3e-3,
-        weight_decay=2.0,
-        epochs=400,
-        eval_every=4,
+        d_model=48,
+        d_mlp=192,
+        lr=1e-2,
+        weight_decay=1.0,
+        epochs=500,
+        eval_every=5,
     ),
     "tiny": dict(PAPER, p=23, train_fraction=0.5, d_model=32, d_mlp=64, epochs=60, eval_every=2),
 }
 PRESETS_LN = {
     "paper": dict(PAPER, layernorm=True, batch_size=256),
-    "quick": dict(PRESETS["quick"], layernorm=True, batch_size=256, epochs=300, eval_every=3),
+    # LayerNorm needs minibatches to skip the plateau (full batch it groks as late as
+    # modadd); at d_model 48 or lr 3e-3 some seeds stall at a partial solution.
+    "quick": dict(
+        PRESETS["quick"],
+        layernorm=True,
+        batch_size=128,
+        d_model=64,
+        d_mlp=256,
+        lr=2e-3,
+        weight_decay=2.0,
+        epochs=60,
+        eval_every=1,
+    ),
     "tiny": dict(PRESETS["tiny"], layernorm=True, batch_size=64),
 }
 

@@ -688,38 +688,8 @@ def metric_figure(
         )
     shapes = []
     if states is not None:
-        epochs, path = states
-        segments = state_segments(epochs, path)
-        for left, right, state in segments:
-            shapes.append(
-                {
-                    "type": "rect",
-                    "xref": "x",
-                    "yref": "paper",
-                    "x0": left,
-                    "x1": right,
-                    "y0": 0,
-                    "y1": 1,
-                    "fillcolor": _rgba(state_color(state), 0.18),
-                    "line": {"width": 0},
-                    "layer": "below",
-                    "name": f"S{state}",
-                }
-            )
-        for (_, right, a), (_, _, b) in zip(segments[:-1], segments[1:]):
-            shapes.append(
-                {
-                    "type": "line",
-                    "xref": "x",
-                    "yref": "paper",
-                    "x0": right,
-                    "x1": right,
-                    "y0": 0,
-                    "y1": 1,
-                    "line": {"color": "#333", "width": 1, "dash": "dot"},
-                    "name": f"S{a}->S{b}",
-                }
-            )
+        shapes = phase_shapes(*states)
+        segments = state_segments(*states)
         # Invisible legend entries so each state's colour is named.
         for state in sorted({s for _, _, s in segments}):
             fig.add_trace(
@@ -907,10 +877,11 @@ def prediction_words(summary: Mapping | None, validation: Mapping | None) -> str
     )
 
 
-def live_state_shapes(epochs: Sequence[int], path: Sequence[int]) -> list[dict]:
-    """Background stretches of a run the fit has not decoded (its states so far).
+def phase_shapes(epochs: Sequence[int], path: Sequence[int]) -> list[dict]:
+    """A run's phases as background stretches, a dotted line at each transition.
 
-    The same look as the phases :func:`metric_figure` shades for fitted runs.
+    Used by :func:`metric_figure` for decoded runs and for a run the fit has
+    not decoded yet (its states so far).
     """
     segments = state_segments(epochs, path)
     shapes = [
@@ -967,7 +938,7 @@ def add_prediction(
     shapes = list(layout.get("shapes") or [])
     annotations = list(layout.get("annotations") or [])
     if shade_states and summary.get("path"):
-        shapes.extend(live_state_shapes(summary["epochs"], summary["path"]))
+        shapes.extend(phase_shapes(summary["epochs"], summary["path"]))
     layout["shapes"] = shapes
     figure["layout"] = layout
     if summary["converged_at"] is not None or summary["basis"] is None:

@@ -107,8 +107,16 @@ TRAIN_COMMAND = [
 ]  # fmt: skip
 
 
+def default_sigint():
+    """In the child: Ctrl-C raises KeyboardInterrupt even when the test runner was
+    started in the background, where a shell hands its children SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_rows(out, rows=3):
-    process = subprocess.Popen([*TRAIN_COMMAND, "--out", str(out)], stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*TRAIN_COMMAND, "--out", str(out)], stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
     metrics_file = out / "seed-0" / rundir.METRICS_FILE
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -157,7 +165,9 @@ def test_ctrl_c_with_worker_processes_leaves_no_run_running(tmp_path):
     command = [*TRAIN_COMMAND, "--out", str(tmp_path / "exp")]
     command[command.index("--workers") + 1] = "2"
     command[command.index("--seeds") + 1] = "0-3"
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=default_sigint
+    )
     metrics_file = tmp_path / "exp" / "seed-0" / rundir.METRICS_FILE
     deadline = time.monotonic() + 120
     while not (metrics_file.exists() and metrics_file.read_bytes().count(b"\n") >= 2):

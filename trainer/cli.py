@@ -23,7 +23,10 @@ SUBCOMMANDS = {
     "predict": ("analysis.predict_cli", "predict when a run still training will converge"),
     "glossary": ("analysis.glossary", "what each metric and term means (display names, units)"),
     "serve": ("app.cli", "serve the dashboard for a root of experiments"),
-    "demo": ("app.demo", "train a quick preset, fit the HMM and serve the dashboard"),
+    "demo": (
+        "app.demo",
+        "train modadd with and without LayerNorm, fit, compare and serve the dashboard",
+    ),
     "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),
     "reproduce": (
         "trainer.reproduce",

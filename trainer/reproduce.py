@@ -404,6 +404,9 @@ def paper_costs(epochs_timed: int) -> dict[str, dict]:
         for task_name in dict.fromkeys(task for task, _ in EXPERIMENTS):
             task = get_task(task_name)
             paper = task.config("paper")
+            # a first, untimed epoch pays the process's one-off costs (the first
+            # optimizer imports torch._dynamo), which would otherwise fall on E
+            train_run(task.config("paper", epochs=1), scratch, f"{task_name}-warm", progress=False)
             seconds = []
             for i, epochs in enumerate((epochs_timed, 2 * epochs_timed)):
                 config = task.config("paper", epochs=epochs)

@@ -417,6 +417,30 @@ def fit_experiment(
     # The fingerprint is taken before reading: if a run changes during the fit,
     # the saved fit is keyed by the old state and the next request refits.
     runs_fingerprint = rundir.experiment_fingerprint(root, experiment)
+    # What both the sweep and the bootstrap over runs are fitted with.
+    settings = dict(
+        restarts=restarts,
+        cov=cov,
+        criterion=criterion,
+        n_iter=n_iter,
+        tol=tol,
+        seed=seed,
+        workers=workers,
+        backend=backend,
+        scheduler=scheduler,
+    )
+
+    def prepare() -> Prepared:
+        return prepare_experiment(
+            root,
+            experiment,
+            features=features,
+            first_n=first_n,
+            normalize=normalize,
+            heldout=heldout,
+            seed=seed,
+        )
+
     key = store.fit_key(runs_fingerprint, key_params)
     if not refit:
         found = store.find_fit(root, experiment, key)
@@ -430,60 +454,23 @@ def fit_experiment(
             result.bootstrap = _saved_bootstrap(root, experiment, key, result)
             saved = result.bootstrap.get("n_resamples")
             if bootstrap and saved not in (bootstrap, 0):  # 0: too few runs, any count
-                prepared = prepare_experiment(
-                    root,
-                    experiment,
-                    features=features,
-                    first_n=first_n,
-                    normalize=normalize,
-                    heldout=heldout,
-                    seed=seed,
-                )
                 result.bootstrap = _bootstrap(
-                    result,
-                    prepared,
-                    found[1],
-                    n_resamples=bootstrap,
-                    restarts=restarts,
-                    cov=cov,
-                    criterion=criterion,
-                    n_iter=n_iter,
-                    tol=tol,
-                    seed=seed,
-                    workers=workers,
-                    backend=backend,
-                    scheduler=scheduler,
+                    result, prepare(), found[1], n_resamples=bootstrap, **settings
                 )
                 store.save_bootstrap(root, experiment, key, result.bootstrap)
             return result
     started = time.perf_counter()
-    prepared = prepare_experiment(
-        root,
-        experiment,
-        features=features,
-        first_n=first_n,
-        normalize=normalize,
-        heldout=heldout,
-        seed=seed,
-    )
+    prepared = prepare()
     result, canonical = fit_prepared(
         prepared,
         experiment=experiment,
         fingerprint=key,
         max_states=max_states,
-        restarts=restarts,
-        cov=cov,
-        criterion=criterion,
         n_states=n_states,
-        n_iter=n_iter,
-        tol=tol,
         threshold=threshold,
-        workers=workers,
-        backend=backend,
-        scheduler=scheduler,
         progress=progress,
-        seed=seed,
         params=key_params,
+        **settings,
         max_states_cap=max_states_cap,
         heldout=heldout,
         bootstrap=bootstrap,

@@ -10,19 +10,6 @@ from analysis.prepare import prepare_frames
 from analysis.synthetic import PAPER_FEATURES, make_synthetic
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from dask.distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
 def test_dask_backend_matches_loky(cluster):
     truth = make_synthetic(8, 60, seed=4, n_states=3, n_features=5)
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}

@@ -222,19 +222,6 @@ def test_cli_prints_n_distribution_and_stability(clean):
 # ------------------------------------------------------------------ dask
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from dask.distributed import LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
 def test_dask_backend_gives_the_same_bootstrap(cluster):
     truth = make_synthetic(MIN_RUNS, 60, seed=SEED, n_states=2, n_features=4)
     prepared = prepared_of(truth)

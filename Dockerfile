@@ -35,4 +35,4 @@ EXPOSE 8050
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['TRAINMAP_BIND'].rsplit(':', 1)[1] + '/health', timeout=4)"]
 
-CMD ["gunicorn", "--config", "python:app.gunicorn_conf", "app.main:server"]
+CMD ["gunicorn", "--config", "python:trainmap.app.gunicorn_conf", "trainmap.app.main:server"]

@@ -2,7 +2,7 @@
 
 The public API (what the CLI and the dashboard call) is in :mod:`analysis.api`::
 
-    from analysis import fit_experiment, load_fit, list_fits
+    from trainmap.analysis import fit_experiment, load_fit, list_fits
     result = fit_experiment("runs", "modadd", max_states=8)
     result.map().edges          # the training map for the selected n
 
@@ -16,17 +16,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "fit_experiment": "analysis.api",
-    "fit_prepared": "analysis.api",
-    "list_fits": "analysis.api",
-    "load_fit": "analysis.api",
-    "rename_state": "analysis.api",
-    "state_names": "analysis.api",
-    "EdgeFeature": "analysis.result",
-    "EdgeInfo": "analysis.result",
-    "FitResult": "analysis.result",
-    "StateInfo": "analysis.result",
-    "TrainingMap": "analysis.result",
+    "fit_experiment": "trainmap.analysis.api",
+    "fit_prepared": "trainmap.analysis.api",
+    "list_fits": "trainmap.analysis.api",
+    "load_fit": "trainmap.analysis.api",
+    "rename_state": "trainmap.analysis.api",
+    "state_names": "trainmap.analysis.api",
+    "EdgeFeature": "trainmap.analysis.result",
+    "EdgeInfo": "trainmap.analysis.result",
+    "FitResult": "trainmap.analysis.result",
+    "StateInfo": "trainmap.analysis.result",
+    "TrainingMap": "trainmap.analysis.result",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,4 +37,4 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    raise AttributeError(f"module 'trainmap.analysis' has no attribute {name!r}")

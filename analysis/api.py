@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from analysis.bootstrap import DEFAULT_RESAMPLES, bootstrap_map
-from analysis.maps import build_map, convergence_epoch
-from analysis.model import (
+from trainmap.analysis.bootstrap import DEFAULT_RESAMPLES, bootstrap_map
+from trainmap.analysis.maps import build_map, convergence_epoch
+from trainmap.analysis.model import (
     COVARIANCE_TYPES,
     CRITERIA,
     DEFAULT_CRITERION,
@@ -31,14 +31,14 @@ from analysis.model import (
     describe_selection,
     select_n,
 )
-from analysis.prepare import (
+from trainmap.analysis.prepare import (
     DEFAULT_NORMALIZE,
     NORMALIZATIONS,
     Prepared,
     prepare_experiment,
     runs_needed_for_heldout,
 )
-from analysis.result import FitResult
+from trainmap.analysis.result import FitResult
 
 BACKENDS = ("loky", "dask", "threading", "sequential")
 
@@ -209,7 +209,7 @@ def _saved_bootstrap(root, experiment, key: str, result: FitResult) -> dict:
     One is saved in the fit itself (for the request that made the fit); those
     computed later, e.g. for another n, are saved beside it and win.
     """
-    from analysis import store
+    from trainmap.analysis import store
 
     request = {
         "criterion": result.params.get("criterion"),
@@ -395,8 +395,8 @@ def fit_experiment(
     changing them never refits. Raises ValueError (with a message for the user)
     for bad parameters, unusable runs or a sweep in which every fit failed.
     """
-    from analysis import store
-    from trainer import rundir
+    from trainmap.analysis import store
+    from trainmap.trainer import rundir
 
     key_params = _key_params(
         features=features,
@@ -519,8 +519,8 @@ def load_fit(
     as ``workers`` or ``backend`` are accepted and ignored). Never computes: a
     changed run, or parameters never fitted, give None.
     """
-    from analysis import store
-    from trainer import rundir
+    from trainmap.analysis import store
+    from trainmap.trainer import rundir
 
     key_params = _key_params(
         features=features,
@@ -553,8 +553,8 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     the criterion it was fitted with), ``feasible_n``, ``n_runs``, ``path`` and
     ``current`` (True if the runs have not changed since the fit).
     """
-    from analysis import store
-    from trainer import rundir
+    from trainmap.analysis import store
+    from trainmap.trainer import rundir
 
     now = rundir.experiment_fingerprint(root, experiment)
     fits = store.list_saved(root, experiment)
@@ -565,7 +565,7 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
 
 def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> dict | None:
     """Canonical model arrays (startprob, transmat, means, covars) of a saved fit."""
-    from analysis import store
+    from trainmap.analysis import store
 
     found = store.read_fit(store.fits_dir(root, experiment) / result.fingerprint)
     if found is None:
@@ -577,7 +577,7 @@ def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> d
 
 def state_names(root: str | os.PathLike, experiment: str, fit_key: str, n: int) -> dict[int, str]:
     """The names users gave the states of the ``n``-state map of a saved fit ({} if none)."""
-    from analysis import store
+    from trainmap.analysis import store
 
     return store.read_state_names(root, experiment, fit_key).get(int(n), {})
 
@@ -591,8 +591,8 @@ def rename_state(
     characters, no control characters) and stored next to the fit. Returns the
     cleaned name. Raises ``StateNameError`` for a bad name or an unknown fit, n or state.
     """
-    from analysis import store
-    from analysis.captions import StateNameError, clean_state_name
+    from trainmap.analysis import store
+    from trainmap.analysis.captions import StateNameError, clean_state_name
 
     name = clean_state_name(name)
     fit = next((f for f in store.list_saved(root, experiment) if f["key"] == fit_key), None)

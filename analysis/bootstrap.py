@@ -142,8 +142,8 @@ def _one_resample(
     """
     from threadpoolctl import threadpool_limits
 
-    from analysis.evidence import detour_tests
-    from analysis.model import StateSelector, make_model
+    from trainmap.analysis.evidence import detour_tests
+    from trainmap.analysis.model import StateSelector, make_model
 
     train_draw, held_draw = resample_indices(train, heldout, seed, index)
     X, lengths = _stack(X_runs, train_draw)

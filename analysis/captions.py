@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from analysis import glossary
-from trainer.errors import UserError
+from trainmap.analysis import glossary
+from trainmap.trainer.errors import UserError
 
 MAX_NAME_LENGTH = 40
 # A feature must differ by at least this much (z) from the other states to be

@@ -163,7 +163,7 @@ def format_map(
     ``bootstrap`` (``FitResult.bootstrap``) adds the stability of each state and
     edge when it is about this map's n.
     """
-    from analysis.captions import state_caption
+    from trainmap.analysis.captions import state_caption
 
     m = training_map
     names = names or {}
@@ -263,11 +263,11 @@ def main(args: argparse.Namespace) -> int:
     import warnings
     from pathlib import Path
 
-    from analysis import api
-    from analysis.model import DEFAULT_CRITERION
-    from analysis.prepare import DEFAULT_NORMALIZE
-    from trainer import rundir
-    from trainer.errors import UserError
+    from trainmap.analysis import api
+    from trainmap.analysis.model import DEFAULT_CRITERION
+    from trainmap.analysis.prepare import DEFAULT_NORMALIZE
+    from trainmap.trainer import rundir
+    from trainmap.trainer.errors import UserError
 
     target = Path(args.target)
     root, experiment = target.parent, target.name

@@ -88,7 +88,7 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
-from analysis.evidence import (
+from trainmap.analysis.evidence import (
     ALPHA,
     CI_LEVEL,
     MIN_RUNS_PER_SIDE,
@@ -210,8 +210,8 @@ def saved_fit(root: str | os.PathLike, experiment: str):
     since, e.g. still training), as the dashboard shows it. Raises
     :class:`CompareError` with the ``trainmap fit`` command when there is none.
     """
-    from analysis import api, store
-    from trainer import rundir
+    from trainmap.analysis import api, store
+    from trainmap.trainer import rundir
 
     path = Path(root) / experiment
     try:
@@ -238,7 +238,7 @@ def load_for_compare(
     root: str | os.PathLike, experiment: str, n: int | None = None, name: str | None = None
 ) -> LoadedFit:
     """Load ``root/experiment``'s saved fit and the arrays compare needs."""
-    from analysis import api
+    from trainmap.analysis import api
 
     fit, stale = saved_fit(root, experiment)
     path = str(Path(root) / experiment)

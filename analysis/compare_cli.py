@@ -138,8 +138,8 @@ def format_comparison(c) -> str:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.compare import MATCH_THRESHOLD, CompareError, compare_experiments
-    from trainer.errors import UserError
+    from trainmap.analysis.compare import MATCH_THRESHOLD, CompareError, compare_experiments
+    from trainmap.trainer.errors import UserError
 
     targets = []
     for target in args.targets:

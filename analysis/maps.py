@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis.evidence import detour_tests, occupancy_regression
-from analysis.explain import edge_gradients
-from analysis.model import make_model
-from analysis.result import EdgeFeature, EdgeInfo, StateInfo, TrainingMap
+from trainmap.analysis.evidence import detour_tests, occupancy_regression
+from trainmap.analysis.explain import edge_gradients
+from trainmap.analysis.model import make_model
+from trainmap.analysis.result import EdgeFeature, EdgeInfo, StateInfo, TrainingMap
 
 
 def convergence_epoch(epochs: np.ndarray, accuracy: np.ndarray | None, threshold: float = 0.9):

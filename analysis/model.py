@@ -242,7 +242,7 @@ def fit_restarts(
     from hmmlearn.hmm import GaussianHMM
     from threadpoolctl import threadpool_limits
 
-    from analysis import fastem
+    from trainmap.analysis import fastem
 
     started = time.perf_counter()
     p = n_parameters(n_states, X.shape[1], covariance_type)

@@ -75,10 +75,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.explain import filtered_posterior
-from analysis.maps import convergence_epoch
-from analysis.model import make_model
-from analysis.prepare import zscore
+from trainmap.analysis.explain import filtered_posterior
+from trainmap.analysis.maps import convergence_epoch
+from trainmap.analysis.model import make_model
+from trainmap.analysis.prepare import zscore
 
 # Fewer matched runs than this and the prediction falls back to a coarser
 # match: a KM median and 10-90% quantiles of 4 runs are two of their values.
@@ -250,7 +250,7 @@ def survival_prediction(times, events) -> dict:
 
 
 def _choose_saved(root, experiment) -> dict:
-    from analysis import api
+    from trainmap.analysis import api
 
     saved = api.list_fits(root, experiment)
     if not saved:
@@ -270,7 +270,7 @@ def load_reference(root, experiment, *, n: int | None = None, key: str | None = 
     Raises :class:`PredictError` with the ``trainmap fit`` command when the
     experiment has no saved fit. ``key`` picks a saved fit by its key.
     """
-    from analysis import store
+    from trainmap.analysis import store
 
     if key is None:
         chosen = _choose_saved(root, experiment)
@@ -538,7 +538,7 @@ def predict_run(
     (no saved fit, no checkpoint, missing features) or ``trainer.rundir.RunDirError``
     (no such run, broken files).
     """
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     if upto is not None and int(upto) < 1:
         raise PredictError(f"upto must be at least 1 checkpoint, got {upto}")

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def format_prediction(prediction, validation, last: int = LAST_CHECKPOINTS) -> str:
     """The CLI's report: state now, recent filtered probabilities, prediction, verdict."""
-    from analysis.predict import confident, verdict_words
+    from trainmap.analysis.predict import confident, verdict_words
 
     p = prediction
     lines = [
@@ -56,9 +56,9 @@ def format_prediction(prediction, validation, last: int = LAST_CHECKPOINTS) -> s
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis import predict, predict_study
-    from trainer import rundir
-    from trainer.errors import UserError
+    from trainmap.analysis import predict, predict_study
+    from trainmap.trainer import rundir
+    from trainmap.trainer.errors import UserError
 
     target = Path(args.target)
     root, experiment, run = target.parent.parent, target.parent.name, target.name

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis.predict import (
+from trainmap.analysis.predict import (
     INTERVAL,
     PredictError,
     Reference,
@@ -101,7 +101,7 @@ def cases(
     ``load_metrics(run)`` returns a run's metrics table (default: read it with
     ``trainer.rundir``; the dashboard passes its memoized loader).
     """
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     if load_metrics is None:
 
@@ -306,8 +306,8 @@ def main(argv=None) -> int:
     if args.synthetic:
         import warnings
 
-        from analysis.api import fit_experiment
-        from analysis.synthetic import write_synthetic_experiment
+        from trainmap.analysis.api import fit_experiment
+        from trainmap.analysis.synthetic import write_synthetic_experiment
 
         write_synthetic_experiment(
             target.parent, target.name, n_runs=args.synthetic, n_checkpoints=200, seed=0

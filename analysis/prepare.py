@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.synthetic import PAPER_FEATURES
+from trainmap.analysis.synthetic import PAPER_FEATURES
 
 NORMALIZATIONS = ("per_run", "pooled")
 # Chosen by the selection study in docs/selection.md.
@@ -246,7 +246,7 @@ def prepare_experiment(root: str | os.PathLike, experiment: str, **kwargs) -> Pr
     Broken run directories are excluded with their reason. Keyword arguments are
     those of :func:`prepare_frames`.
     """
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     runs, broken = rundir.load_experiment(root, experiment)
     excluded = {b.run: f"excluded: broken run directory ({b.reason})" for b in broken}

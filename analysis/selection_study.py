@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from analysis.api import fit_prepared
-from analysis.model import CRITERIA, select_n
-from analysis.prepare import NORMALIZATIONS, prepare_frames
-from analysis.synthetic import make_synthetic
+from trainmap.analysis.api import fit_prepared
+from trainmap.analysis.model import CRITERIA, select_n
+from trainmap.analysis.prepare import NORMALIZATIONS, prepare_frames
+from trainmap.analysis.synthetic import make_synthetic
 
 
 def path_ari(result, truth, n: int) -> float:

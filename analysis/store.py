@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.result import FitResult, TrainingMap
+from trainmap.analysis.result import FitResult, TrainingMap
 
 FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
@@ -49,7 +49,7 @@ STORE_VERSION = 2  # 2: detour tests and the corrected regression
 
 
 def fits_dir(root, experiment) -> Path:
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     return rundir.experiment_path(root, experiment) / FITS_DIR
 
@@ -60,7 +60,7 @@ def _linked(path: Path) -> bool:
 
 
 def _read(path: Path) -> bytes:
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     return rundir.read_regular_file(path)  # refuses symlinks and non-regular files
 
@@ -90,7 +90,7 @@ def _plain(value):
 
 def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra: dict) -> Path:
     """Write ``result`` (and the canonical model arrays per n) atomically."""
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     base = fits_dir(root, experiment)
     if base.is_symlink() or (base / result.fingerprint).is_symlink():

@@ -348,7 +348,7 @@ def write_synthetic_experiment(
     convergence epochs but not the feature arrays (``X`` is empty) so that large
     experiments do not have to fit in memory.
     """
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     n_features = kwargs.pop("n_features", 14)
     # Generate the truth for all runs run by run so memory stays at one run.

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", action="store_true", help="log every HTTP request (off by default)"
     )
     parser.epilog = (
-        "For several workers use gunicorn: TRAINMAP_ROOT=DIR gunicorn app.main:server. "
+        "For several workers use gunicorn: TRAINMAP_ROOT=DIR gunicorn trainmap.app.main:server. "
         "Cache: $TRAINMAP_CACHE_DIR (files) or $TRAINMAP_CACHE_REDIS_URL (Redis)."
     )
 
@@ -37,7 +37,7 @@ def check_address(host: str, port: int) -> None:
     import errno
     import socket
 
-    from trainer.errors import UserError
+    from trainmap.trainer.errors import UserError
 
     if not 0 < port < 65536:
         raise UserError(f"invalid port {port}: use 1..65535")
@@ -56,14 +56,14 @@ def check_address(host: str, port: int) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trainer.errors import UserError
+    from trainmap.trainer.errors import UserError
 
     if not args.root:
         raise UserError("no root of experiments: pass --root DIR or set TRAINMAP_ROOT")
     if not os.path.isdir(args.root):
         raise UserError(f"root {args.root} is not a directory")
     check_address(args.host, args.port)
-    from app.main import serve
+    from trainmap.app.main import serve
 
     serve(args.root, host=args.host, port=args.port, debug=args.debug, access_log=args.access_log)
     return 0

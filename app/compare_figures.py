@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from analysis.compare_cli import detour_count_words
-from app import evidence
-from app.figures import map_stylesheet, state_color
+from trainmap.analysis.compare_cli import detour_count_words
+from trainmap.app import evidence
+from trainmap.app.figures import map_stylesheet, state_color
 
 # Experiments on the convergence chart (not phases): greys and a blue, so
 # they are not mistaken for the phase colours of the maps.

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from dash import dcc, html
 
-from app import data
+from trainmap.app import data
 
 
 def experiment_dropdown(prefix: str, root: str, selected: str | None) -> dcc.Dropdown:

@@ -29,8 +29,8 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from app import compare_figures, evidence, figures
-from trainer import rundir
+from trainmap.app import compare_figures, evidence, figures
+from trainmap.trainer import rundir
 
 cache = Cache()
 
@@ -254,8 +254,8 @@ def _load_fit_uncached(root: str, experiment: str):
     older than the runs (e.g. runs still training), the newest one is shown and
     marked ``stale`` so the pages can say so.
     """
-    import analysis  # the app draws fits, analysis computes and stores them
-    from analysis import store
+    from trainmap import analysis  # the app draws fits, analysis computes and stores them
+    from trainmap.analysis import store
 
     saved = analysis.list_fits(root, experiment)
     current = [fit for fit in saved if fit["current"]]
@@ -381,8 +381,8 @@ def state_labels(root: str, experiment: str, fp: str, n: int) -> dict[int, dict]
     Names live in the fit's folder, so renaming changes ``fp`` and every view
     keyed by it is rebuilt with the new name.
     """
-    import analysis
-    from analysis import captions
+    from trainmap import analysis
+    from trainmap.analysis import captions
 
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
@@ -396,8 +396,8 @@ def rename_state(root: str, experiment: str, n: int, state: int, name: str) -> s
 
     Raises ``analysis.captions.StateNameError`` with a message for the user.
     """
-    import analysis
-    from analysis.captions import StateNameError
+    from trainmap import analysis
+    from trainmap.analysis.captions import StateNameError
 
     fit = fit_result(root, experiment, fingerprint(root, experiment))
     if fit is None:
@@ -545,7 +545,7 @@ def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "aut
     ``elements`` (per experiment, the map in matched phases) and ``figure``
     (the convergence chart).
     """
-    from analysis.compare import CompareError, compare_experiments
+    from trainmap.analysis.compare import CompareError, compare_experiments
 
     try:
         comparison = compare_experiments(
@@ -588,7 +588,7 @@ def _fits_part(fp: str) -> str:
 @cache.memoize()
 def prediction_reference(root: str, experiment: str, fits_fp: str):
     """What predictions need from the saved fit (``analysis.predict.Reference``), or None."""
-    from analysis import predict
+    from trainmap.analysis import predict
 
     try:
         return predict.load_reference(root, experiment)
@@ -599,7 +599,7 @@ def prediction_reference(root: str, experiment: str, fits_fp: str):
 @cache.memoize()
 def prediction_validation(root: str, experiment: str, fits_fp: str) -> dict | None:
     """Leave-one-run-out validation of prediction on the saved fit (verdict and message)."""
-    from analysis import predict_study
+    from trainmap.analysis import predict_study
 
     reference = prediction_reference(root, experiment, fits_fp)
     if reference is None:
@@ -617,7 +617,7 @@ def prediction_validation(root: str, experiment: str, fits_fp: str) -> dict | No
 @cache.memoize()
 def run_prediction(root: str, experiment: str, run: str, run_fp: str, fits_fp: str):
     """``Prediction.summary()`` of one run as written now, ``{"error": ...}``, or None (no fit)."""
-    from analysis import predict
+    from trainmap.analysis import predict
 
     reference = prediction_reference(root, experiment, fits_fp)
     if reference is None:

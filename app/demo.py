@@ -61,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here so `trainmap --help` stays fast.
-    from analysis import fit_experiment
-    from trainer.errors import UserError
-    from trainer.train import parse_seeds, train_seeds
+    from trainmap.analysis import fit_experiment
+    from trainmap.trainer.errors import UserError
+    from trainmap.trainer.train import parse_seeds, train_seeds
 
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     if not tasks:
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if not args.no_serve:
-        from app.cli import check_address
+        from trainmap.app.cli import check_address
 
         check_address(args.host, args.port)
     started = time.time()
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
 
-    from app.main import serve
+    from trainmap.app.main import serve
 
     base = f"http://{args.host}:{args.port}"
     if len(experiments) > 1:
@@ -211,7 +211,7 @@ def _comparison_lines(root, experiments) -> list[str]:
     """The convergence test between the experiments (docs/compare.md), when there are two."""
     if len(experiments) < 2:
         return []
-    from analysis.compare import CompareError, compare_experiments
+    from trainmap.analysis.compare import CompareError, compare_experiments
 
     try:
         comparison = compare_experiments([(root, e) for e in experiments])

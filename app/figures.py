@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app import evidence
+from trainmap.app import evidence
 
 # Colour-blind friendly (Okabe-Ito, then Tableau) so up to ~12 states stay distinct.
 PALETTE = (
@@ -1010,7 +1010,7 @@ def _label(labels: Mapping | None, state: int) -> str:
 
 def _explained(rows: Iterable[Mapping]) -> list[dict]:
     """Feature rows with the glossary's display name and one-line definition added."""
-    from analysis import glossary
+    from trainmap.analysis import glossary
 
     return [
         {
@@ -1305,7 +1305,7 @@ def metric_options(columns: Iterable[str]) -> list[dict]:
     column and display name, carries its definition as a tooltip (``title``)
     and is searchable by column, name and hook point.
     """
-    from analysis import glossary
+    from trainmap.analysis import glossary
 
     options = []
     for hook, group in glossary.grouped(columns):

@@ -1,6 +1,6 @@
 """gunicorn settings for the dashboard, from environment variables.
 
-The Docker image runs ``gunicorn --config python:app.gunicorn_conf app.main:server``;
+The Docker image runs ``gunicorn --config python:trainmap.app.gunicorn_conf trainmap.app.main:server``;
 CI runs the same command against a fixture root.
 """
 

@@ -40,8 +40,8 @@ import dash
 import flask
 from dash import ALL, Dash, Input, Output, State, dcc, html
 
-from app import components, data
-from trainer.errors import UserError
+from trainmap.app import components, data
+from trainmap.trainer.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 # The top-level assets/ folder (CSS); it sits beside app/ in the checkout and
@@ -275,7 +275,7 @@ def create_app(
         return flask.jsonify(status="ok", experiments=len(data.experiments(str(root_path))))
 
     app = Dash(
-        "app",  # so the pages import as app.pages.<name>
+        "trainmap.app",  # so the pages import as trainmap.app.pages.<name>
         server=server,
         use_pages=True,
         pages_folder=str(HERE / "pages"),

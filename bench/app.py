@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.testing import callback_request  # noqa: E402  (after the path is set)
+from trainmap.app.testing import callback_request  # noqa: E402  (after the path is set)
 
 # name: (runs, checkpoints, cold samples, cold first map view target in seconds)
 CASES = {"small": (40, 1000, 3, 1.5), "big": (400, 10_000, 1, 5.0)}
@@ -41,8 +41,8 @@ WARM_REPEATS = 30
 
 def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int) -> None:
     """Generate and fit once; later runs reuse both (the fit is found by analysis)."""
-    import analysis
-    from analysis.synthetic import write_synthetic_experiment
+    from trainmap import analysis
+    from trainmap.analysis.synthetic import write_synthetic_experiment
 
     if not (root / name / ".generated").exists():
         started = time.perf_counter()
@@ -113,8 +113,8 @@ def percentile(values: list[float], q: float) -> float:
 def bench_case(
     root: Path, name: str, cache_dir: Path, cold_target: float, cold_repeats: int
 ) -> bool:
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
 
     app = create_app(root, cache_dir=cache_dir)
     call = Caller(app.server.test_client())

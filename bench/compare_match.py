@@ -36,15 +36,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.api import fit_prepared  # noqa: E402
-from analysis.compare import (  # noqa: E402
+from trainmap.analysis.api import fit_prepared  # noqa: E402
+from trainmap.analysis.compare import (  # noqa: E402
     LoadedFit,
     common_profiles,
     compare_fits,
     distance_matrix,
 )
-from analysis.prepare import prepare_frames  # noqa: E402
-from analysis.synthetic import make_synthetic  # noqa: E402
+from trainmap.analysis.prepare import prepare_frames  # noqa: E402
+from trainmap.analysis.synthetic import make_synthetic  # noqa: E402
 
 
 def fitted(name, truth, runs, max_states, restarts):

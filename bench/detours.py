@@ -73,9 +73,9 @@ def old_sign_rule(training_map) -> list[int]:
 
 
 def evaluate(name, seed, n_runs, n_checkpoints, max_states, restarts):
-    from analysis import api
-    from analysis.prepare import prepare_frames
-    from analysis.synthetic import make_synthetic
+    from trainmap.analysis import api
+    from trainmap.analysis.prepare import prepare_frames
+    from trainmap.analysis.synthetic import make_synthetic
 
     spec = dict(GENERATORS[name])
     true_detours = spec.pop("detours")
@@ -115,7 +115,7 @@ def evaluate(name, seed, n_runs, n_checkpoints, max_states, restarts):
 
 def null_calibration(repeats=4000, seed=0):
     """How often the test rejects, and flags a detour, when both groups are alike."""
-    from analysis.evidence import ALPHA, logrank_test
+    from trainmap.analysis.evidence import ALPHA, logrank_test
 
     rng = np.random.default_rng(seed)
     print(f"null calibration, {repeats} simulations per row (alpha {ALPHA}):")

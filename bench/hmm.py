@@ -100,10 +100,10 @@ def sweep_section(args) -> None:
     """trainmap's sweep against the plain hmmlearn loop (the module docstring's first part)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from analysis.maps import build_map, convergence_epoch
-    from analysis.model import StateSelector
-    from analysis.prepare import prepare_frames
-    from analysis.synthetic import make_synthetic
+    from trainmap.analysis.maps import build_map, convergence_epoch
+    from trainmap.analysis.model import StateSelector
+    from trainmap.analysis.prepare import prepare_frames
+    from trainmap.analysis.synthetic import make_synthetic
 
     truth = make_synthetic(args.runs, args.checkpoints, seed=args.seed)
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
@@ -201,10 +201,10 @@ def bootstrap_section(args, n_runs=24, n_checkpoints=100, max_states=6, restarts
     which gives the wall time on idle cores: resamples x CPU per resample /
     workers.
     """
-    from analysis import api
-    from analysis.bootstrap import bootstrap_map
-    from analysis.prepare import prepare_frames
-    from analysis.synthetic import make_synthetic
+    from trainmap.analysis import api
+    from trainmap.analysis.bootstrap import bootstrap_map
+    from trainmap.analysis.prepare import prepare_frames
+    from trainmap.analysis.synthetic import make_synthetic
 
     truth = make_synthetic(n_runs, n_checkpoints, seed=args.seed)
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}

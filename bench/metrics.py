@@ -28,9 +28,15 @@ import time
 import numpy as np
 import torch
 
-from trainer.metrics import MATRIX_METRICS, VALUE_METRICS, WeightMetrics, dist_irr, grad_sym
-from trainer.tasks import get_task
-from trainer.train import make_optimizer
+from trainmap.trainer.metrics import (
+    MATRIX_METRICS,
+    VALUE_METRICS,
+    WeightMetrics,
+    dist_irr,
+    grad_sym,
+)
+from trainmap.trainer.tasks import get_task
+from trainmap.trainer.train import make_optimizer
 
 
 def naive_columns(model, hook_points) -> dict[str, float]:

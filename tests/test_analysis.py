@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from analysis import api, store
-from analysis.model import DEFAULT_CRITERION, select_n
-from analysis.prepare import DEFAULT_NORMALIZE, PrepareError, prepare_frames, split_runs
-from analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
-from trainer import rundir
-from trainer.cli import main as trainmap
+from trainmap.analysis import api, store
+from trainmap.analysis.model import DEFAULT_CRITERION, select_n
+from trainmap.analysis.prepare import DEFAULT_NORMALIZE, PrepareError, prepare_frames, split_runs
+from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
+from trainmap.trainer import rundir
+from trainmap.trainer.cli import main as trainmap
 
 SEED = 0
 print(f"analysis tests: synthetic seed {SEED}")
@@ -61,21 +61,21 @@ def experiment(tmp_path_factory):
 
 def test_analysis_never_imports_torch():
     code = (
-        "import sys, analysis, analysis.api, analysis.cli, analysis.store, analysis.maps, "
-        "analysis.synthetic, analysis.selection_study, analysis.fastem, analysis.model, "
-        "analysis.explain, analysis.prepare, analysis.evidence, hmmlearn.hmm, joblib, "
+        "import sys, trainmap.analysis, trainmap.analysis.api, trainmap.analysis.cli, trainmap.analysis.store, trainmap.analysis.maps, "
+        "trainmap.analysis.synthetic, trainmap.analysis.selection_study, trainmap.analysis.fastem, trainmap.analysis.model, "
+        "trainmap.analysis.explain, trainmap.analysis.prepare, trainmap.analysis.evidence, hmmlearn.hmm, joblib, "
         "dask.distributed\n"
-        "from analysis import fit_experiment, FitResult\n"
+        "from trainmap.analysis import fit_experiment, FitResult\n"
         # a whole (tiny) fit, map included, must not pull torch in either
-        "from analysis.synthetic import make_synthetic\n"
-        "from analysis.prepare import prepare_frames\n"
+        "from trainmap.analysis.synthetic import make_synthetic\n"
+        "from trainmap.analysis.prepare import prepare_frames\n"
         "t = make_synthetic(4, 40, n_states=2)\n"
         "p = prepare_frames({n: t.frame(i) for i, n in enumerate(t.run_names)})\n"
-        "analysis.fit_prepared(p, max_states=2, restarts=1, backend='sequential')\n"
+        "trainmap.analysis.fit_prepared(p, max_states=2, restarts=1, backend='sequential')\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    cheap = "import sys, analysis.cli\nassert 'hmmlearn' not in sys.modules\n"
+    cheap = "import sys, trainmap.analysis.cli\nassert 'hmmlearn' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", cheap], check=True)
 
 
@@ -343,7 +343,7 @@ def test_state_selector_follows_sklearn_conventions():
     from sklearn.base import clone
     from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
 
-    from analysis.model import StateSelector
+    from trainmap.analysis.model import StateSelector
 
     selector = StateSelector(max_states=3, restarts=2, workers=1)
     check_no_attributes_set_in_init("StateSelector", selector)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.api import fit_prepared
-from analysis.prepare import prepare_frames
-from analysis.synthetic import PAPER_FEATURES, make_synthetic
+from trainmap.analysis.api import fit_prepared
+from trainmap.analysis.prepare import prepare_frames
+from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic
 
 
 def test_dask_backend_matches_loky(cluster):

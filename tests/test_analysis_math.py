@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hmmlearn.hmm import GaussianHMM
 
-from analysis.explain import filtered_posterior, posterior_gradient
-from analysis.model import fit_one, make_model, model_arrays, n_parameters
-from analysis.prepare import zscore
-from analysis.synthetic import make_synthetic
+from trainmap.analysis.explain import filtered_posterior, posterior_gradient
+from trainmap.analysis.model import fit_one, make_model, model_arrays, n_parameters
+from trainmap.analysis.prepare import zscore
+from trainmap.analysis.synthetic import make_synthetic
 
 
 def small_data(n_runs=6, n_checkpoints=80, n_features=4, seed=3):
@@ -85,8 +85,8 @@ def test_model_arrays_round_trip_gives_same_likelihood():
 
 
 def test_vectorised_em_is_hmmlearns_em():
-    """analysis.fastem does the same EM as hmmlearn: same likelihoods, same updates."""
-    from analysis.fastem import e_step, fit_diag, pad_runs
+    """trainmap.analysis.fastem does the same EM as hmmlearn: same likelihoods, same updates."""
+    from trainmap.analysis.fastem import e_step, fit_diag, pad_runs
 
     X, _ = small_data()
     X[2] = X[2][:50]  # runs of different lengths are padded and masked
@@ -108,7 +108,7 @@ def test_vectorised_em_is_hmmlearns_em():
 
 
 def test_batched_restarts_equal_separate_fits():
-    from analysis.fastem import fit_diag, fit_diag_batch, init_params
+    from trainmap.analysis.fastem import fit_diag, fit_diag_batch, init_params
 
     X, _ = small_data()
     stacked, lengths = np.concatenate(X), [len(x) for x in X]
@@ -126,7 +126,7 @@ def test_batched_restarts_equal_separate_fits():
 
 def test_runs_in_groups_give_the_same_fit():
     """Bounded memory: EM over groups of runs equals EM over all runs at once."""
-    from analysis.fastem import chunk_runs, fit_diag_batch, init_params
+    from trainmap.analysis.fastem import chunk_runs, fit_diag_batch, init_params
 
     X, _ = small_data()
     X[1] = X[1][:30]

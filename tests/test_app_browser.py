@@ -22,8 +22,8 @@ from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.by import By
 from test_app_support import EXPERIMENT, make_root
 
-from app import evidence
-from trainer import rundir
+from trainmap.app import evidence
+from trainmap.trainer import rundir
 
 pytestmark = pytest.mark.browser
 REFRESH_WAIT = 10  # the runs page polls every 3 s
@@ -50,7 +50,7 @@ def xdg_dirs():
 
 @pytest.fixture(scope="module")
 def fixture_root(tmp_path_factory):
-    import analysis
+    from trainmap import analysis
 
     root = tmp_path_factory.mktemp("root")
     truth = make_root(root)
@@ -62,8 +62,8 @@ def fixture_root(tmp_path_factory):
 
 @pytest.fixture
 def dash_app(fixture_root, tmp_path):
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
 
     root, truth = fixture_root
     fit = data._load_fit_uncached(str(root), EXPERIMENT)  # what the pages will show
@@ -382,7 +382,7 @@ def test_deep_links_reload(dash_duo, dash_app):
 
 
 def test_experiment_without_fit_shows_command_and_fits_from_the_ui(dash_duo, tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root = tmp_path / "root"
     root.mkdir()
@@ -454,7 +454,7 @@ def emit_mouseover(dash_duo, element_id: str):
 
 
 def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app):
-    from app import figures
+    from trainmap.app import figures
 
     app, truth, fit = dash_app
     dash_duo.driver.set_window_size(1400, 1000)
@@ -636,7 +636,7 @@ def test_usable_at_800_px(dash_duo, dash_app):
 def test_empty_root_and_failed_fit_say_so(dash_duo, tmp_path):
     """An empty root: messages, no empty axes. Then runs too short for the
     features: "Fit now" shows the analysis's message and what to do."""
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root = tmp_path / "root"
     root.mkdir()

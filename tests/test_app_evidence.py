@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app import evidence
+from trainmap.app import evidence
 
 DETOUR = {
     "verdict": "detour",

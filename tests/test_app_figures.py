@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from test_app_support import truth_fit
 
-from analysis.synthetic import make_synthetic
-from app import evidence, figures
+from trainmap.analysis.synthetic import make_synthetic
+from trainmap.app import evidence, figures
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def fit():
 
 def test_figures_module_imports_no_dash_or_cache():
     code = (
-        "import sys, app.figures; "
-        "print(sorted(m for m in ('dash', 'flask', 'flask_caching', 'app.data', 'torch')"
+        "import sys, trainmap.app.figures; "
+        "print(sorted(m for m in ('dash', 'flask', 'flask_caching', 'trainmap.app.data', 'torch')"
         " if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,7 +22,7 @@ from test_app_browser import (  # noqa: F401  (fixtures are used by name)
 )
 from test_app_support import EXPERIMENT
 
-from analysis import captions
+from trainmap.analysis import captions
 
 pytestmark = pytest.mark.browser
 

@@ -9,12 +9,12 @@ import pytest
 from test_app_server import call
 from test_app_support import EXPERIMENT, make_root
 
-import analysis
+from trainmap import analysis
 
 
 @pytest.fixture
 def client(tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root = tmp_path / "root"
     root.mkdir()

@@ -22,15 +22,15 @@ from pathlib import Path
 import pytest
 from test_app_support import EXPERIMENT, make_root
 
-from app.testing import callback_request
-from trainer import rundir
+from trainmap.app.testing import callback_request
+from trainmap.trainer import rundir
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def fitted_root(tmp_path_factory):
-    import analysis
+    from trainmap import analysis
 
     root = tmp_path_factory.mktemp("root")
     make_root(root)
@@ -42,7 +42,7 @@ def fitted_root(tmp_path_factory):
 
 @pytest.fixture
 def client(fitted_root, tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     app = create_app(fitted_root, cache_dir=tmp_path / "cache")
     return app.server.test_client()
@@ -70,7 +70,7 @@ def test_health_and_pages(client):
 
 
 def test_callbacks_over_http(client, fitted_root):
-    from app import data
+    from trainmap.app import data
 
     fit = data._load_fit_uncached(str(fitted_root), EXPERIMENT)
     out = call(client, "map-graph.elements", {"map-experiment.value": EXPERIMENT, "map-n.value": 2})
@@ -137,7 +137,7 @@ def test_callbacks_over_http(client, fitted_root):
     "name", ["..", "../..", "/etc", "..%2F..", "x/../..", ".fits", "outside", "", None]
 )
 def test_names_from_the_url_cannot_leave_the_root(client, fitted_root, tmp_path, name):
-    from app import data
+    from trainmap.app import data
 
     outside = tmp_path / "secret"
     outside.mkdir(exist_ok=True)
@@ -161,8 +161,8 @@ def test_names_from_the_url_cannot_leave_the_root(client, fitted_root, tmp_path,
 
 def test_memoized_loads_follow_the_fingerprint(fitted_root, tmp_path, monkeypatch):
     """Appending a checkpoint changes the key, so the table shows it at once."""
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
 
     monkeypatch.setattr(data, "FINGERPRINT_TTL", 0.0)  # no grace period in this test
     root = tmp_path / "root"
@@ -234,8 +234,8 @@ _REDIS_WORKER = textwrap.dedent(
         rundir.load_run = refuse
         analysis.list_fits = refuse
         analysis.load_fit = refuse
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
     app = create_app(root, cache_dir=sys.argv[5], redis_url=redis_url)
     with app.server.app_context():
         fp = data.fingerprint(root, experiment)
@@ -276,7 +276,7 @@ def test_import_app_does_not_import_torch(fitted_root):
         f"""
         import sys
         import app, app.main, app.cli, app.data, app.figures
-        from app.main import create_app
+        from trainmap.app.main import create_app
         client = create_app({str(fitted_root)!r}, cache_dir={str(fitted_root / ".cache-t")!r}).server.test_client()
         for path in ("/", "/map", "/selection", "/curves", "/health", "/_dash-layout"):
             assert client.get(path).status_code == 200, path
@@ -292,7 +292,7 @@ def test_import_app_does_not_import_torch(fitted_root):
 
 def test_serve_command(fitted_root, tmp_path):
     bad = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "serve", "--root", str(tmp_path / "missing")],
+        [sys.executable, "-m", "trainmap.trainer.cli", "serve", "--root", str(tmp_path / "missing")],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert bad.returncode == 2 and "is not a directory" in bad.stderr
@@ -300,7 +300,7 @@ def test_serve_command(fitted_root, tmp_path):
     env = {**os.environ, "TRAINMAP_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TRAINMAP_CACHE_REDIS_URL", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "serve", "--root", str(fitted_root),
+        [sys.executable, "-m", "trainmap.trainer.cli", "serve", "--root", str(fitted_root),
          "--port", str(port)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -331,7 +331,7 @@ def test_serve_access_log_option(fitted_root, tmp_path):
     env = {**os.environ, "TRAINMAP_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TRAINMAP_CACHE_REDIS_URL", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "serve", "--root", str(fitted_root),
+        [sys.executable, "-m", "trainmap.trainer.cli", "serve", "--root", str(fitted_root),
          "--port", str(port), "--access-log"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -353,14 +353,14 @@ def test_serve_access_log_option(fitted_root, tmp_path):
 
 def test_fit_now_shows_the_analysis_message_when_the_fit_fails(tmp_path):
     """Runs far too short for the features: analysis raises, the page says why."""
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root = tmp_path / "root"
     root.mkdir()
     make_root(root, n_runs=3, n_checkpoints=4, experiment="short")
     params = {"max_states": 2, "restarts": 1, "workers": 1}
     create_app(root, cache_dir=tmp_path / "cache", fit_params=params)
-    from app.pages import selection
+    from trainmap.app.pages import selection
 
     progress = []
     with warnings.catch_warnings():
@@ -396,10 +396,10 @@ def test_every_chart_and_table_has_a_loading_state(fitted_root, tmp_path):
     import dash_cytoscape
     from dash import dash_table, dcc
 
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     app = create_app(fitted_root, cache_dir=tmp_path / "cache")
-    from app.pages import curves, runs, selection, training_map
+    from trainmap.app.pages import curves, runs, selection, training_map
 
     slow = (dcc.Graph, dash_table.DataTable, dash_cytoscape.Cytoscape)
     with app.server.app_context():
@@ -413,8 +413,8 @@ def test_every_chart_and_table_has_a_loading_state(fitted_root, tmp_path):
 
 
 def test_deep_links_to_missing_things_say_so(fitted_root, tmp_path):
-    from app import components
-    from app.main import create_app
+    from trainmap.app import components
+    from trainmap.app.main import create_app
 
     app = create_app(fitted_root, cache_dir=tmp_path / "cache")
     root = str(fitted_root)

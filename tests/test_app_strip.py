@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from test_app_support import truth_fit
 
-from analysis import captions
-from analysis.synthetic import make_synthetic
-from app import figures
+from trainmap.analysis import captions
+from trainmap.analysis.synthetic import make_synthetic
+from trainmap.app import figures
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.evidence import detour_tests, occupancy_regression
-from analysis.result import EdgeFeature, EdgeInfo, FitResult, StateInfo, TrainingMap
-from analysis.synthetic import make_synthetic, write_synthetic_experiment
+from trainmap.analysis.evidence import detour_tests, occupancy_regression
+from trainmap.analysis.result import EdgeFeature, EdgeInfo, FitResult, StateInfo, TrainingMap
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
 
 EXPERIMENT = "synth"
 N_RUNS = 8

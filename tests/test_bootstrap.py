@@ -13,17 +13,17 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis import api, store
-from analysis.bootstrap import (
+from trainmap.analysis import api, store
+from trainmap.analysis.bootstrap import (
     MIN_RUNS,
     bootstrap_map,
     match_states,
     match_thresholds,
     resample_indices,
 )
-from analysis.cli import format_bootstrap, format_map
-from analysis.prepare import prepare_frames
-from analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
+from trainmap.analysis.cli import format_bootstrap, format_map
+from trainmap.analysis.prepare import prepare_frames
+from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
 
 SEED = 1
 print(f"bootstrap tests: synthetic seed {SEED}")

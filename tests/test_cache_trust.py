@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.main import check_redis, create_app, secure_cache_dir
-from trainer.errors import UserError
+from trainmap.app.main import check_redis, create_app, secure_cache_dir
+from trainmap.trainer.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -85,7 +85,7 @@ def test_a_file_planted_by_another_user_is_refused(root, tmp_path):
 
 
 def test_serve_refuses_an_unsafe_cache_in_one_line(root, tmp_path, monkeypatch, capsys):
-    from trainer import cli
+    from trainmap.trainer import cli
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -125,7 +125,7 @@ def test_create_app_refuses_an_open_redis(root, tmp_path, monkeypatch):
         create_app(root, cache_dir=tmp_path / "cache", redis_url="redis://cache.example:6379/0")
     monkeypatch.setenv("TRAINMAP_CACHE_REDIS_PASSWORD", "s3cret")
     app = create_app(root, cache_dir=tmp_path / "cache", redis_url="redis://cache.example:6379/0")
-    from app import data
+    from trainmap.app import data
 
     with app.server.app_context():  # the client is made, not connected: no Redis needed
         client = data.cache.cache._write_client

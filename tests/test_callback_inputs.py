@@ -16,7 +16,7 @@ import warnings
 import pytest
 from test_app_support import EXPERIMENT, make_root
 
-from app.testing import callback_request
+from trainmap.app.testing import callback_request
 
 WRONG = [
     "text",
@@ -38,8 +38,8 @@ WRONG = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import analysis
-    from app.main import create_app
+    from trainmap import analysis
+    from trainmap.app.main import create_app
 
     root = tmp_path_factory.mktemp("root")
     make_root(root)

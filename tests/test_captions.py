@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_app_support import EXPERIMENT, make_root
 
-from analysis import captions, glossary, store
-from analysis.result import StateInfo, TrainingMap
+from trainmap.analysis import captions, glossary, store
+from trainmap.analysis.result import StateInfo, TrainingMap
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def test_glossary_groups_model_level_first():
 
 def test_glossary_command_prints_terms_and_metrics():
     out = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "glossary", "l2", "h/var_sv"],
+        [sys.executable, "-m", "trainmap.trainer.cli", "glossary", "l2", "h/var_sv"],
         capture_output=True,
         text=True,
         check=True,
@@ -120,13 +120,13 @@ def test_glossary_command_prints_terms_and_metrics():
 
 
 def test_analysis_modules_import_no_torch():
-    code = "import sys, analysis.captions, analysis.glossary; assert 'torch' not in sys.modules"
+    code = "import sys, trainmap.analysis.captions, trainmap.analysis.glossary; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    import analysis
+    from trainmap import analysis
 
     root = tmp_path_factory.mktemp("names")
     make_root(root, n_runs=6, n_checkpoints=40)
@@ -137,7 +137,7 @@ def fitted(tmp_path_factory):
 
 
 def test_state_names_round_trip_through_the_store(fitted):
-    import analysis
+    from trainmap import analysis
 
     root, result = fitted
     key, n = result.fingerprint, result.selected_n
@@ -156,7 +156,7 @@ def test_state_names_round_trip_through_the_store(fitted):
 
 
 def test_renaming_checks_the_fit_n_state_and_name(fitted):
-    import analysis
+    from trainmap import analysis
 
     root, result = fitted
     key, n = result.fingerprint, result.selected_n
@@ -186,7 +186,7 @@ def test_a_broken_names_file_reads_as_no_names(fitted):
 
 
 def test_fit_output_shows_captions(fitted):
-    from analysis.cli import format_map
+    from trainmap.analysis.cli import format_map
 
     root, result = fitted
     tmap = result.map()

@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from trainer import cli
+from trainmap.trainer import cli
 
 TOO_BIG = str(2**70)
 
@@ -102,8 +102,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory):
-    import analysis
-    from analysis.synthetic import write_synthetic_experiment
+    from trainmap import analysis
+    from trainmap.analysis.synthetic import write_synthetic_experiment
 
     base = tmp_path_factory.mktemp("cli")
     write_synthetic_experiment(base, "exp", n_runs=4, n_checkpoints=30, seed=1)
@@ -165,7 +165,10 @@ def test_the_table_covers_every_subcommand_and_enough_cases():
 def test_a_fresh_process_prints_no_traceback(places, tmp_path, args):
     argv = [a.format(tmp=tmp_path, **places) for a in args]
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *argv], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "trainmap.trainer.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import api
-from analysis.compare import (
+from trainmap.analysis import api
+from trainmap.analysis.compare import (
     SCALE_POOLED,
     SCALE_Z,
     CompareError,
@@ -34,9 +34,9 @@ from analysis.compare import (
     match_states,
     weighted_logrank,
 )
-from analysis.evidence import logrank_test
-from analysis.synthetic import write_synthetic_experiment
-from trainer.cli import main as trainmap
+from trainmap.analysis.evidence import logrank_test
+from trainmap.analysis.synthetic import write_synthetic_experiment
+from trainmap.trainer.cli import main as trainmap
 
 SEED = 0
 print(f"compare tests: synthetic seed {SEED}")
@@ -189,8 +189,8 @@ def test_no_shared_feature_and_per_run_scaling(experiments):
 
 
 def test_bootstrap_of_n_is_carried_when_the_fit_has_one(experiments):
-    from analysis.compare_cli import format_comparison
-    from app import compare_figures
+    from trainmap.analysis.compare_cli import format_comparison
+    from trainmap.app import compare_figures
 
     root, _ = experiments
     a, b = load_for_compare(root, "A"), load_for_compare(root, "B")
@@ -307,9 +307,9 @@ def test_cli_report_and_errors(experiments, capsys, tmp_path):
 
 
 def test_compare_imports_no_torch_and_the_cli_imports_cheaply():
-    code = "import sys, analysis.compare\nassert 'torch' not in sys.modules\n"
+    code = "import sys, trainmap.analysis.compare\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
-    cheap = "import sys, analysis.compare_cli\nassert 'scipy' not in sys.modules\n"
+    cheap = "import sys, trainmap.analysis.compare_cli\nassert 'scipy' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", cheap], check=True)
 
 
@@ -317,7 +317,7 @@ def test_compare_imports_no_torch_and_the_cli_imports_cheaply():
 
 
 def test_builders_colour_matched_phases_alike(experiments):
-    from app import compare_figures, figures
+    from trainmap.app import compare_figures, figures
 
     root, _ = experiments
     c = compare_experiments([(root, "A"), (root, "B")])
@@ -361,7 +361,7 @@ def test_builders_colour_matched_phases_alike(experiments):
 
 
 def test_convergence_figure_marks_never_converged_runs(experiments):
-    from app import compare_figures
+    from trainmap.app import compare_figures
 
     root, _ = experiments
     data = compare_experiments([(root, "A"), (root, "B")]).to_dict()
@@ -384,7 +384,7 @@ def test_convergence_figure_marks_never_converged_runs(experiments):
 
 
 def test_valid_experiments_from_the_url(experiments):
-    from app import data
+    from trainmap.app import data
 
     root, _ = experiments
     assert data.valid_experiments(str(root), "B,A,B,../etc, nope") == ["B", "A"]

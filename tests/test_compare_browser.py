@@ -20,9 +20,9 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def compare_root(tmp_path_factory):
-    import analysis
-    from analysis.compare import compare_experiments
-    from analysis.synthetic import write_synthetic_experiment
+    from trainmap import analysis
+    from trainmap.analysis.compare import compare_experiments
+    from trainmap.analysis.synthetic import write_synthetic_experiment
 
     root = tmp_path_factory.mktemp("root")
     write_synthetic_experiment(root, "A", n_runs=12, n_checkpoints=120, seed=SEED)
@@ -48,7 +48,7 @@ def cy_nodes(dash_duo, i: int) -> list:
 
 
 def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root, comparison = compare_root
     dash_duo.driver.set_window_size(1400, 1000)
@@ -130,8 +130,8 @@ def test_compare_page_matched_maps_and_convergence(dash_duo, compare_root, tmp_p
 
 def test_compare_page_three_experiments(dash_duo, compare_root, tmp_path):
     """A third map appears in its (hidden until now) slot, drawn at full size."""
-    from analysis.compare import compare_experiments
-    from app.main import create_app
+    from trainmap.analysis.compare import compare_experiments
+    from trainmap.app.main import create_app
 
     root, _ = compare_root
     comparison = compare_experiments([(root, "A"), (root, "B"), (root, "C")])
@@ -155,7 +155,7 @@ def test_compare_page_three_experiments(dash_duo, compare_root, tmp_path):
 
 
 def test_compare_page_experiment_without_fit(dash_duo, compare_root, tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root, _ = compare_root
     dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache"))

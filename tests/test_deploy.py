@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import rundir
-from trainer.cli import build_parser
+from trainmap.trainer import rundir
+from trainmap.trainer.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -108,7 +108,7 @@ def test_trainer_command_is_a_valid_trainmap_command():
     assert args.command == "train"
     out = command[command.index("--out") + 1]
     assert out.startswith(COMPOSE["services"]["dashboard"]["environment"]["TRAINMAP_ROOT"] + "/")
-    from trainer.tasks import get_task
+    from trainmap.trainer.tasks import get_task
 
     task = command[command.index("--task") + 1]
     preset = command[command.index("--preset") + 1]

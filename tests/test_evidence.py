@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis import api, evidence
-from analysis.evidence import (
+from trainmap.analysis import api, evidence
+from trainmap.analysis.evidence import (
     ALPHA,
     MIN_RUNS_PER_SIDE,
     delay_interval,
@@ -24,9 +24,9 @@ from analysis.evidence import (
     logrank_test,
     occupancy_regression,
 )
-from analysis.prepare import prepare_frames
-from analysis.result import TrainingMap
-from analysis.synthetic import make_synthetic
+from trainmap.analysis.prepare import prepare_frames
+from trainmap.analysis.result import TrainingMap
+from trainmap.analysis.synthetic import make_synthetic
 
 SEEDS = (0, 1, 2)
 print(f"evidence tests: synthetic seeds {SEEDS}")
@@ -345,7 +345,7 @@ def test_module_constants_are_documented_values():
 
 
 def test_cli_lines_show_the_evidence_or_say_why_not():
-    from analysis.cli import format_detour, format_regression
+    from trainmap.analysis.cli import format_detour, format_regression
 
     visits, times, events = _groups([150, 160, 155, 170, 165, 158], [100, 104, 98, 110, 102, 99])
     line = format_detour(detour_tests(visits, times, events)[0])

@@ -3,7 +3,7 @@
 A fixed corpus of nasty run directories, and a property-based fuzzer (hypothesis)
 over the content of ``meta.json`` and ``metrics.jsonl``, both sent through the
 reader (``trainer.rundir``), the CLI (``trainmap runs list``, ``trainmap fit``) and
-the dashboard's data layer (``app.data``). Whatever the files hold, nothing
+the dashboard's data layer (``trainmap.app.data``). Whatever the files hold, nothing
 raises but a RunDirError naming the run, a broken run's reason is one of the
 reasons the reader knows (never its catch-all for unforeseen failures), and the
 good run beside it is served.
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trainer import cli, rundir
-from trainer.runs_cli import format_listing
+from trainmap.trainer import cli, rundir
+from trainmap.trainer.runs_cli import format_listing
 
 GOOD_ROWS = b"".join(
     json.dumps({"epoch": e, "step": 10 * e, "l2": 1.0 + e, "eval_acc": e / 4}).encode() + b"\n"
@@ -189,8 +189,8 @@ def test_runs_list_shows_every_run_and_its_reason(corpus_root, capsys):
 
 
 def test_fit_excludes_broken_runs_with_their_reasons(tmp_path):
-    import analysis
-    from analysis.synthetic import write_synthetic_experiment
+    from trainmap import analysis
+    from trainmap.analysis.synthetic import write_synthetic_experiment
 
     write_synthetic_experiment(tmp_path, "exp", n_runs=5, n_checkpoints=30, seed=1)
     write_corpus(tmp_path / "exp")
@@ -205,7 +205,7 @@ def test_fit_excludes_broken_runs_with_their_reasons(tmp_path):
 
 @pytest.fixture(scope="module")
 def dash_app(tmp_path_factory):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root = tmp_path_factory.mktemp("served")
     app = create_app(root, cache_dir=tmp_path_factory.mktemp("cache"))
@@ -214,7 +214,7 @@ def dash_app(tmp_path_factory):
 
 def serve_experiment(root: Path, experiment: str) -> dict:
     """Everything the dashboard's data layer does with an experiment's runs."""
-    from app import data
+    from trainmap.app import data
 
     root = str(root)
     fp = data.fingerprint(root, experiment)

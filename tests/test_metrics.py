@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.metrics import (
+from trainmap.trainer.metrics import (
     MATRIX_METRICS,
     VALUE_METRICS,
     WEIGHT_COLUMNS,

@@ -13,12 +13,12 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis import predict, predict_study
-from analysis.evidence import km_median
-from analysis.synthetic import make_synthetic, write_synthetic_experiment
-from app import figures
-from trainer import rundir
-from trainer.cli import main as cli_main
+from trainmap.analysis import predict, predict_study
+from trainmap.analysis.evidence import km_median
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
+from trainmap.app import figures
+from trainmap.trainer import rundir
+from trainmap.trainer.cli import main as cli_main
 
 EXPERIMENT = "synth"
 N_RUNS = 24
@@ -28,7 +28,7 @@ SEED = 3
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    import analysis
+    from trainmap import analysis
 
     root = tmp_path_factory.mktemp("predict")
     write_synthetic_experiment(
@@ -74,7 +74,7 @@ def test_before_the_fork_both_branches_get_the_same_prediction(fitted):
 
 
 def test_pooled_prefix_is_scaled_exactly_as_the_fit_scaled_the_run(fitted):
-    from analysis.prepare import prepare_experiment
+    from trainmap.analysis.prepare import prepare_experiment
 
     root, truth, reference = fitted
     assert reference.normalize == "pooled"
@@ -270,12 +270,12 @@ def test_predict_modules_never_import_torch_and_the_cli_module_imports_cheaply()
     import sys
 
     code = (
-        "import sys, analysis.predict, analysis.predict_study, analysis.predict_cli\n"
+        "import sys, trainmap.analysis.predict, trainmap.analysis.predict_study, trainmap.analysis.predict_cli\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     cheap = (
-        "import sys, analysis.predict_cli\n"
+        "import sys, trainmap.analysis.predict_cli\n"
         "assert not {'numpy', 'pandas', 'hmmlearn'} & set(sys.modules), 'heavy import'\n"
     )
     subprocess.run([sys.executable, "-c", cheap], check=True)
@@ -285,8 +285,8 @@ def test_dashboard_loaders_follow_a_running_run(fitted, tmp_path, monkeypatch):
     """The Runs page's cells: a running run only, keyed so appended rows show at once."""
     import shutil
 
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
 
     monkeypatch.setattr(data, "FINGERPRINT_TTL", 0.0)
     source, truth, _ = fitted

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from test_app_browser import assert_no_console_errors, nav, wait_for, xdg_dirs  # noqa: F401
 
-from analysis import predict, predict_study
-from analysis.synthetic import make_synthetic, write_synthetic_experiment
-from app import figures
-from trainer import rundir
+from trainmap.analysis import predict, predict_study
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
+from trainmap.app import figures
+from trainmap.trainer import rundir
 
 pytestmark = pytest.mark.browser
 EXPERIMENT = "synth"
@@ -28,7 +28,7 @@ REFRESH_WAIT = 15  # both pages poll every 3 s; the first prediction also valida
 
 @pytest.fixture
 def live_root(tmp_path):
-    import analysis
+    from trainmap import analysis
 
     root = tmp_path / "root"
     root.mkdir()
@@ -78,7 +78,7 @@ def chart_prediction(dash_duo) -> list:
 
 
 def test_running_run_prediction_appears_and_updates(dash_duo, live_root, tmp_path):
-    from app.main import create_app
+    from trainmap.app.main import create_app
 
     root, writer, frame, fork = live_root
     dash_duo.driver.set_window_size(1400, 1000)

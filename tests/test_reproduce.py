@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from test_app_support import truth_fit
 
-from analysis.synthetic import make_synthetic
-from trainer import reproduce
+from trainmap.analysis.synthetic import make_synthetic
+from trainmap.trainer import reproduce
 
 
 def forking_fit(selected_n=4, counts=None, edge_stability=None):

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from trainer import rundir
-from trainer.runs_cli import format_listing
+from trainmap.trainer import rundir
+from trainmap.trainer.runs_cli import format_listing
 
 
 def make_run(root, experiment="exp", run="seed-0", rows=3, **kwargs):
@@ -244,7 +244,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     """
     import builtins, os, pathlib, sys
     import numpy as np
-    from trainer import rundir
+    from trainmap.trainer import rundir
 
     path, kill_at = sys.argv[1], int(sys.argv[2])
     count = [0]
@@ -351,7 +351,7 @@ def test_stale_running_run_is_interrupted(tmp_path):
 WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from trainer import rundir
+    from trainmap.trainer import rundir
     writer = rundir.RunWriter.create(sys.argv[1], "exp", "live", task="toy", seed=1)
     for step in range(400):
         writer.append({"epoch": step, "step": step, **{f"m{i}": step * 0.5 for i in range(60)}})
@@ -385,7 +385,7 @@ def test_reader_sees_consistent_prefix_while_another_process_appends(tmp_path):
 KILLED_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    from trainer import rundir
+    from trainmap.trainer import rundir
     writer = rundir.RunWriter.create(sys.argv[1], "exp", "killed", task="toy", seed=2)
     for step in range(5):
         writer.append({"epoch": step, "step": step, "l2": 1.0})
@@ -419,7 +419,7 @@ def test_runs_list_shows_good_half_written_and_corrupt(tmp_path):
     assert "broken" in lines["corrupt"] and "not valid JSON" in lines["corrupt"]
 
     cli = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "runs", "list", str(tmp_path)],
+        [sys.executable, "-m", "trainmap.trainer.cli", "runs", "list", str(tmp_path)],
         capture_output=True,
         text=True,
     )
@@ -428,7 +428,7 @@ def test_runs_list_shows_good_half_written_and_corrupt(tmp_path):
 
 def test_runs_list_on_missing_root_is_one_line_error(tmp_path):
     cli = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "runs", "list", str(tmp_path / "nope")],
+        [sys.executable, "-m", "trainmap.trainer.cli", "runs", "list", str(tmp_path / "nope")],
         capture_output=True,
         text=True,
     )

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-from analysis import api, store
-from analysis.cli import format_selection, format_sweep
-from analysis.model import (
+from trainmap.analysis import api, store
+from trainmap.analysis.cli import format_selection, format_sweep
+from trainmap.analysis.model import (
     DEFAULT_CRITERION,
     LONG_RUN_CHECKPOINTS,
     autocorr_time,
@@ -22,8 +22,8 @@ from analysis.model import (
     lag1_autocorrelation,
     select_n,
 )
-from analysis.prepare import prepare_frames, runs_needed_for_heldout, split_runs
-from analysis.synthetic import make_synthetic
+from trainmap.analysis.prepare import prepare_frames, runs_needed_for_heldout, split_runs
+from trainmap.analysis.synthetic import make_synthetic
 
 
 def prepared_of(truth, **kwargs):
@@ -155,7 +155,7 @@ def test_too_few_runs_for_a_held_out_set_is_said_plainly():
 
 
 def test_selection_is_saved_and_old_fits_load(tmp_path):
-    from analysis.synthetic import write_synthetic_experiment
+    from trainmap.analysis.synthetic import write_synthetic_experiment
 
     write_synthetic_experiment(tmp_path, "exp", n_runs=6, n_checkpoints=60, seed=1, n_states=2)
     fit = dict(max_states=2, restarts=1, workers=1)

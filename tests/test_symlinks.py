@@ -16,10 +16,10 @@ import warnings
 import numpy as np
 import pytest
 
-import analysis
-from analysis import store
-from analysis.synthetic import write_synthetic_experiment
-from trainer import cli, rundir
+from trainmap import analysis
+from trainmap.analysis import store
+from trainmap.analysis.synthetic import write_synthetic_experiment
+from trainmap.trainer import cli, rundir
 
 SECRET_METRIC = "secret_metric"
 
@@ -148,8 +148,8 @@ def test_saving_a_fit_through_a_linked_fits_folder_is_refused(planted):
 
 
 def test_dashboard_data_layer_shows_nothing_from_outside(planted, tmp_path):
-    from app import data
-    from app.main import create_app
+    from trainmap.app import data
+    from trainmap.app.main import create_app
 
     root, _ = planted
     app = create_app(root, cache_dir=tmp_path / "cache")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer import Tracker, rundir
-from trainer.metrics import WEIGHT_COLUMNS, HookPointError, WeightMetrics
+from trainmap.trainer import Tracker, rundir
+from trainmap.trainer.metrics import WEIGHT_COLUMNS, HookPointError, WeightMetrics
 
 
 def toy_model():
@@ -34,7 +34,7 @@ def test_readme_example(tmp_path, monkeypatch):
     """The README's example runs as written (in tmp_path) and gives a map worth a look."""
     import warnings
 
-    import analysis
+    from trainmap import analysis
 
     monkeypatch.chdir(tmp_path)  # the example writes to runs/my-exp/
     # One thread: on a shared 2-core machine torch's default of 2 made these small

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer import cli, rundir
-from trainer.errors import UserError
-from trainer.metrics import SCALAR_COLUMNS, WEIGHT_COLUMNS
-from trainer.train import parse_seeds, train_seeds
+from trainmap.trainer import cli, rundir
+from trainmap.trainer.errors import UserError
+from trainmap.trainer.metrics import SCALAR_COLUMNS, WEIGHT_COLUMNS
+from trainmap.trainer.train import parse_seeds, train_seeds
 
 torch.set_num_threads(1)  # the runs use one thread each; keep this process from oversubscribing
 
@@ -102,7 +102,7 @@ def test_completed_runs_are_reused_and_a_changed_config_refused(reference):
 
 
 TRAIN_COMMAND = [
-    sys.executable, "-m", "trainer.cli", "train", "--task", "modadd", "--preset", "tiny",
+    sys.executable, "-m", "trainmap.trainer.cli", "train", "--task", "modadd", "--preset", "tiny",
     "--seeds", "0", "--epochs", "150", "--eval-every", "3", "--workers", "1", "--no-progress",
 ]  # fmt: skip
 
@@ -260,7 +260,7 @@ def test_cli_error_in_a_fresh_process_has_no_traceback(tmp_path):
         [
             sys.executable,
             "-m",
-            "trainer.cli",
+            "trainmap.trainer.cli",
             "train",
             "--task",
             "nope",
@@ -284,7 +284,7 @@ def test_cli_trains_and_modules_import_without_torch(capsys, tmp_path):
     assert code == 0
     out = capsys.readouterr().out
     assert "p/seed-0: completed" in out and "p/seed-1: completed" in out
-    check = "import sys, trainer, trainer.train_cli, trainer.cli; assert 'torch' not in sys.modules"
+    check = "import sys, trainmap.trainer, trainmap.trainer.train_cli, trainmap.trainer.cli; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0
 
 

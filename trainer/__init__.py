@@ -7,7 +7,7 @@ torch-based parts are imported when first used, e.g. ``from trainer import Track
 
 __version__ = "0.1.0"
 
-_LAZY = {"Tracker": "trainer.tracker", "train_seeds": "trainer.train"}
+_LAZY = {"Tracker": "trainmap.trainer.tracker", "train_seeds": "trainmap.trainer.train"}
 
 
 def __getattr__(name):
@@ -15,4 +15,4 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    raise AttributeError(f"module 'trainmap.trainer' has no attribute {name!r}")

@@ -13,23 +13,32 @@ import importlib
 import os
 import sys
 
-from trainer.errors import UserError
+from trainmap.trainer.errors import UserError
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "train": ("trainer.train_cli", "train a built-in task across seeds into ROOT/EXPERIMENT"),
-    "fit": ("analysis.cli", "fit and select HMMs over an experiment's runs"),
-    "compare": ("analysis.compare_cli", "compare experiments' training maps and convergence"),
-    "predict": ("analysis.predict_cli", "predict when a run still training will converge"),
-    "glossary": ("analysis.glossary", "what each metric and term means (display names, units)"),
-    "serve": ("app.cli", "serve the dashboard for a root of experiments"),
+    "train": (
+        "trainmap.trainer.train_cli",
+        "train a built-in task across seeds into ROOT/EXPERIMENT",
+    ),
+    "fit": ("trainmap.analysis.cli", "fit and select HMMs over an experiment's runs"),
+    "compare": (
+        "trainmap.analysis.compare_cli",
+        "compare experiments' training maps and convergence",
+    ),
+    "predict": ("trainmap.analysis.predict_cli", "predict when a run still training will converge"),
+    "glossary": (
+        "trainmap.analysis.glossary",
+        "what each metric and term means (display names, units)",
+    ),
+    "serve": ("trainmap.app.cli", "serve the dashboard for a root of experiments"),
     "demo": (
-        "app.demo",
+        "trainmap.app.demo",
         "train modadd with and without LayerNorm, fit, compare and serve the dashboard",
     ),
-    "runs": ("trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "runs": ("trainmap.trainer.runs_cli", "inspect run directories (runs list ROOT)"),
     "reproduce": (
-        "trainer.reproduce",
+        "trainmap.trainer.reproduce",
         "check the paper's claims on the quick presets; write docs/reproduction.md",
     ),
 }

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer.errors import UserError
+from trainmap.trainer.errors import UserError
 
 __all__ = [
     "MATRIX_METRICS",

@@ -396,8 +396,8 @@ def paper_costs(epochs_timed: int) -> dict[str, dict]:
     data, the first optimizer importing torch._dynamo, the final checkpoint) are
     in both runs and cancel, which a short run alone would charge to its epochs.
     """
-    from trainer.tasks import get_task
-    from trainer.train import train_run
+    from trainmap.trainer.tasks import get_task
+    from trainmap.trainer.train import train_run
 
     costs = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -424,7 +424,7 @@ def paper_costs(epochs_timed: int) -> dict[str, dict]:
 
 def check_output_file(path: str, flag: str) -> None:
     """Refuse, in one line, a report path that cannot be written (before any work)."""
-    from trainer.errors import UserError
+    from trainmap.trainer.errors import UserError
 
     out = Path(path)
     if out.is_dir():
@@ -442,9 +442,9 @@ def check_output_file(path: str, flag: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from analysis import fit_experiment
-    from trainer.errors import UserError
-    from trainer.train import parse_seeds, train_seeds
+    from trainmap.analysis import fit_experiment
+    from trainmap.trainer.errors import UserError
+    from trainmap.trainer.train import parse_seeds, train_seeds
 
     seeds = parse_seeds(args.seeds)
     # checked now, not after hours of training

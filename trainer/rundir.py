@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trainer.errors import UserError
+from trainmap.trainer.errors import UserError
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer import rundir
+from trainmap.trainer import rundir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_listing(root, experiment: str | None = None) -> str:
-    from trainer.errors import UserError
+    from trainmap.trainer.errors import UserError
 
     try:
         experiments = rundir.list_experiments(root)

@@ -2,7 +2,7 @@
 
 ::
 
-    from trainer import Tracker
+    from trainmap.trainer import Tracker
 
     with Tracker(model, hook_points=["encoder.*", "head"], run_dir="runs/my-exp/seed-0",
                  config={"lr": 1e-3}, seed=0) as tracker:
@@ -27,8 +27,8 @@ from typing import Any
 
 from torch import nn
 
-from trainer import rundir
-from trainer.metrics import WeightMetrics
+from trainmap.trainer import rundir
+from trainmap.trainer.metrics import WeightMetrics
 
 
 class Tracker:

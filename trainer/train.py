@@ -7,7 +7,7 @@ From the command line::
 
 From Python (what ``trainmap demo`` calls)::
 
-    from trainer.train import train_seeds
+    from trainmap.trainer.train import train_seeds
     summaries = train_seeds("modadd", preset="quick", seeds=range(8), root="runs",
                             experiment="modadd-quick", workers=2)
 
@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trainer import rundir
-from trainer.config import TrainConfig
-from trainer.errors import UserError
-from trainer.metrics import resolve_hook_points
-from trainer.tasks import Data, Task, get_task
-from trainer.tracker import Tracker
+from trainmap.trainer import rundir
+from trainmap.trainer.config import TrainConfig
+from trainmap.trainer.errors import UserError
+from trainmap.trainer.metrics import resolve_hook_points
+from trainmap.trainer.tasks import Data, Task, get_task
+from trainmap.trainer.tracker import Tracker
 
 BACKENDS = ("loky", "dask")
 MAX_EPOCHS = 10**8  # far beyond any real run; a larger number is a typo

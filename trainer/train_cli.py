@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.errors import UserError
+from trainmap.trainer.errors import UserError
 
 TASKS_HELP = "modadd, modadd_ln, parity, digits"
 
@@ -56,8 +56,8 @@ def main(args: argparse.Namespace) -> int:
     if args.backend != "dask" and args.scheduler:
         raise UserError("--scheduler is only used with --backend dask")
 
-    from trainer import rundir
-    from trainer.train import MAX_EPOCHS, parse_seeds, train_seeds
+    from trainmap.trainer import rundir
+    from trainmap.trainer.train import MAX_EPOCHS, parse_seeds, train_seeds
 
     for flag, value in (("--epochs", args.epochs), ("--eval-every", args.eval_every)):
         if value is not None and value > MAX_EPOCHS:

@@ -17,7 +17,7 @@ import dash
 import dash_cytoscape as cyto
 from dash import Input, Output, State, callback, clientside_callback, dcc, html
 
-from app import compare_figures, components, data
+from trainmap.app import compare_figures, components, data
 
 dash.register_page(__name__, path="/compare", name="Compare", title="trainmap: compare", order=4)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from app import components, data, figures
+from trainmap.app import components, data, figures
 
 dash.register_page(
     __name__, path="/curves", name="Metric curves", title="trainmap: metric curves", order=3

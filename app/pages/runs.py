@@ -17,7 +17,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
-from app import components, data, figures
+from trainmap.app import components, data, figures
 
 dash.register_page(__name__, path="/", name="Runs", title="trainmap: runs", order=0)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from app import components, data, evidence, figures
-from trainer.errors import UserError
+from trainmap.app import components, data, evidence, figures
+from trainmap.trainer.errors import UserError
 
 try:  # "Fit now" runs in a background process managed through diskcache
     import diskcache  # noqa: F401
@@ -198,7 +198,7 @@ def fit_now(set_progress, clicks, experiment):
     cannot support (analysis raises ValueError, e.g. "too few points") or a
     user error comes back as a message, not as a failed request.
     """
-    import analysis  # only needed here; keeps page import cheap
+    from trainmap import analysis  # only needed here; keeps page import cheap
 
     root = data.BACKGROUND["root"]
     experiment = data.valid_experiment(root, experiment)

@@ -24,8 +24,8 @@ import dash
 import dash_cytoscape as cyto
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from analysis.glossary import TERMS
-from app import components, data, figures
+from trainmap.analysis.glossary import TERMS
+from trainmap.app import components, data, figures
 
 dash.register_page(
     __name__, path="/map", name="Training map", title="trainmap: training map", order=2
@@ -537,7 +537,7 @@ def current_name(state, experiment, n):
     prevent_initial_call=True,
 )
 def save_name(_clicks, _submit, experiment, n, state, name, version):
-    from analysis.captions import StateNameError
+    from trainmap.analysis.captions import StateNameError
 
     root = data.current_root()  # from the server: the browser only names the state
     experiment = data.valid_experiment(root, experiment)

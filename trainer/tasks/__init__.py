@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from trainer.config import TrainConfig
-from trainer.errors import UserError
+from trainmap.trainer.config import TrainConfig
+from trainmap.trainer.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from trainer.tasks import digits, modular, parity
+    from trainmap.trainer.tasks import digits, modular, parity
 
     return {
         task.name: task for task in (modular.MODADD, modular.MODADD_LN, parity.TASK, digits.TASK)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainer.config import TrainConfig
-from trainer.tasks import Data, Task, classification_correct, classification_loss
+from trainmap.trainer.config import TrainConfig
+from trainmap.trainer.tasks import Data, Task, classification_correct, classification_loss
 
 
 @dataclass

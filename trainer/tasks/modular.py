@@ -60,9 +60,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainer.config import TrainConfig
-from trainer.metrics import dist_irr, grad_sym
-from trainer.tasks import Data, Task, classification_correct, classification_loss
+from trainmap.trainer.config import TrainConfig
+from trainmap.trainer.metrics import dist_irr, grad_sym
+from trainmap.trainer.tasks import Data, Task, classification_correct, classification_loss
 
 
 @dataclass

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainer.config import TrainConfig
-from trainer.tasks import Data, Task
+from trainmap.trainer.config import TrainConfig
+from trainmap.trainer.tasks import Data, Task
 
 
 @dataclass

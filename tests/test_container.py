@@ -211,7 +211,7 @@ def images(engine):
         yield tags
     finally:
         for tag in tags.values():
-            engine.podman("untag", tag, check=False)
+            engine.podman("untag", tag, tag, check=False)  # this name only
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def stack(engine, images, tmp_path_factory):
     override = tmp_path_factory.mktemp("compose") / "images.yml"
     override.write_text(
         yaml.safe_dump(
-            {"services": {name: {"image": tag} for name, tag in images.items()}},
+            {"services": {service: {"image": tag} for service, tag in images.items()}},
         )
     )
     stack = Stack(engine, name, override, free_port(), secrets.token_hex(16))
@@ -277,6 +277,7 @@ def trained(stack):
         "train",
         "run",
         "--rm",
+        "-T",
         "trainer",
         "trainmap",
         "train",
@@ -331,6 +332,9 @@ def test_dashboard_image_has_no_torch_and_trainer_image_has_it(engine, images):
     for name, expected in (("dashboard", "False"), ("trainer", "True")):
         out = engine.podman("run", "--rm", images[name], "python", "-c", find).stdout
         assert out.strip() == expected, f"{name} image: torch found = {out.strip()}"
+    train = ["trainmap", "train", "--preset", "tiny", "--seeds", "0", "--out", "/tmp/e"]
+    result = engine.podman("run", "--rm", images["dashboard"], *train, check=False)
+    assert result.returncode == 2 and "needs torch" in result.stderr, result.stderr[-2000:]
 
 
 def test_trained_runs_are_listed_through_the_redis_cache(stack, trained):
@@ -358,6 +362,7 @@ def test_redis_is_reachable_only_on_its_internal_network(stack):
         "train",
         "run",
         "--rm",
+        "-T",
         "--no-deps",
         "trainer",
         "python",
@@ -366,7 +371,8 @@ def test_redis_is_reachable_only_on_its_internal_network(stack):
         check=False,
         timeout=120,
     )
-    assert result.returncode != 0 and "unreachable" in result.stderr, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "unreachable" in output, output[-2000:]
     # while the dashboard, on both networks, does
     stack.exec(
         "dashboard",

@@ -1,7 +1,8 @@
 # trainmap: two images from one file (README, "Docker" has their measured sizes).
 #   --target dashboard   the dashboard alone: no torch, which it never imports
-#   --target trainer     (the default) the dashboard's layers plus the CPU build of torch,
-#                        for `trainmap train`; it serves the dashboard too
+#   --target trainer     (the default) the same plus the CPU build of torch, for
+#                        `trainmap train`; it serves the dashboard too
+# Both share the layers of the base stage (Python and every other dependency).
 # docker-compose.yml builds each service from its target.
 
 # CPU-only torch keeps the trainer image small; override for another build of torch.
@@ -34,34 +35,39 @@ print('\n'.join(d for d in deps if re.match(r'[A-Za-z0-9._-]+', d).group() != 't
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# Both images serve the dashboard; the installed package, not a source folder, is imported.
+WORKDIR /home/trainmap
+VOLUME ["/data/runs", "/data/cache"]
+EXPOSE 8050
+# No curl in a slim image: Python itself checks the health endpoint.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['TRAINMAP_BIND'].rsplit(':', 1)[1] + '/health', timeout=4)"]
+CMD ["gunicorn", "--config", "python:trainmap.app.gunicorn_conf", "trainmap.app.main:server"]
+
+
+# trainmap itself, built once into a wheel both images install (the source stays here).
+FROM base AS wheel
 COPY README.md /opt/trainmap/
 COPY trainmap /opt/trainmap/trainmap
 COPY trainer /opt/trainmap/trainer
 COPY analysis /opt/trainmap/analysis
 COPY app /opt/trainmap/app
 COPY assets /opt/trainmap/assets
-# A regular install (assets/ is package data); the source is not kept, and the working
-# directory is not the source folder, whose trainmap/ would shadow the installed package.
-RUN pip install --no-deps /opt/trainmap && rm -rf /opt/trainmap
-WORKDIR /home/trainmap
+RUN pip wheel --no-deps --wheel-dir /wheels /opt/trainmap
 
 
 FROM base AS dashboard
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels
 USER trainmap
-VOLUME ["/data/runs", "/data/cache"]
-EXPOSE 8050
-
-# No curl in a slim image: Python itself checks the health endpoint.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['TRAINMAP_BIND'].rsplit(':', 1)[1] + '/health', timeout=4)"]
-
-CMD ["gunicorn", "--config", "python:trainmap.app.gunicorn_conf", "trainmap.app.main:server"]
 
 
-FROM dashboard AS trainer
+# torch before trainmap, so a change to the code does not reinstall torch
+FROM base AS trainer
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
-USER root
-# pip check: with torch added, every requirement in pyproject.toml is met.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" && pip check
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+COPY --from=wheel /wheels /wheels
+# pip check: with torch, every requirement in pyproject.toml is met
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels && pip check
 USER trainmap

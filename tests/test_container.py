@@ -28,34 +28,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from container_support import (
+    COMPOSE_FILE,
+    REPO,
+    EngineMissing,
+    build_command,
+    compose_services,
+    engine_env,
+)
 
 from trainmap.app.testing import callback_request
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = REPO / "docker-compose.yml"
-ENGINE_SCRIPT = Path("shared") / "tools" / "container-engine.sh"
-# No registry is reachable: pip inside the build reaches the package index through the
-# host network, and torch comes from the machine's local CPU wheel when there is one.
-WHEELS = Path("/opt/wheels")
-DEFAULT_INDEX = "https://pypi.org/simple"
-BUILD_TIMEOUT = 1200  # seconds; a first build installs every dependency from the index
 EXPERIMENT = "modadd-container"
-
-
-def engine_script() -> Path:
-    """``shared/tools/container-engine.sh`` beside the repository (or above a worktree)."""
-    override = os.environ.get("TRAINMAP_CONTAINER_ENGINE")
-    if override:
-        return Path(override)
-    for folder in REPO.parents:
-        if (folder / ENGINE_SCRIPT).is_file():
-            return folder / ENGINE_SCRIPT
-    pytest.fail(
-        f"no {ENGINE_SCRIPT} in any folder above {REPO}: the container test needs it "
-        "(CI has it beside the clone; or set TRAINMAP_CONTAINER_ENGINE to its path)"
-    )
+BUILD_TIMEOUT = 1200  # seconds; a first build installs every dependency from the index
 
 
 class Engine:
@@ -86,32 +73,10 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    script = engine_script()
-    setup = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    if setup.returncode != 0:
-        pytest.fail(f"{script} failed (it needs root and apt):\n{setup.stderr[-3000:]}")
-    printed = subprocess.run(
-        ["bash", "-c", 'eval "$(bash "$0" --env)" && env -0', str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    env = dict(item.split("=", 1) for item in printed.split("\0") if "=" in item)
-    return Engine(env)
-
-
-def build_command(service: dict, tag: str) -> list[str]:
-    """``podman build`` of one compose service's target, as container-engine.sh says."""
-    build = service["build"]
-    command = ["podman", "build", "--network=host", "--pull=never"]
-    # podman's default OCI format has no HEALTHCHECK; Docker's format keeps it
-    command += ["--format", "docker", "--build-arg", f"TORCH_INDEX_URL={DEFAULT_INDEX}"]
-    if WHEELS.is_dir():
-        command += ["--volume", f"{WHEELS}:{WHEELS}:ro", "--env", f"PIP_FIND_LINKS={WHEELS}"]
-    if Path("/etc/ssl/certs").is_dir():
-        command += ["--volume", "/etc/ssl/certs:/etc/ssl/certs:ro"]
-    return [*command, "--target", build["target"], "-t", tag, str(REPO / build["context"])]
+    try:
+        return Engine(engine_env())
+    except EngineMissing as error:  # CI has the engine: its absence is a failure, not a skip
+        pytest.fail(f"the container test needs its engine: {error}")
 
 
 def free_port() -> int:
@@ -194,7 +159,7 @@ class Stack:
 def images(engine):
     """Both targets built, under tags of this test run (untagged afterwards; the layers
     stay in podman's build cache for the next run)."""
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    services = compose_services()
     run_id = secrets.token_hex(4)
     tags = {}
     try:

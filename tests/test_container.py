@@ -195,8 +195,10 @@ def stack(engine, images, tmp_path_factory):
         wait_healthy(stack, timeout=120)
         yield stack
     finally:
-        stack.compose("down", "--volumes", "--timeout", "5", check=False)
-        stack.remove_leftovers()
+        try:
+            stack.compose("down", "--volumes", "--timeout", "5", check=False)
+        finally:  # even when down itself hangs past its timeout
+            stack.remove_leftovers()
 
 
 def fetch(url: str, body: dict | None = None) -> tuple[int, bytes]:

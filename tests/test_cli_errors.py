@@ -81,6 +81,7 @@ CASES = [
     (["demo", "--root", "{tmp}/r", "--seeds", "x", "--no-serve"], "seeds"),
     (["demo", "--root", "{tmp}/r", "--task", "nope", "--no-serve"], "unknown task"),
     (["demo", "--root", "{tmp}/r", "--workers", "0", "--no-serve"], "workers"),
+    (["demo", "--root", "{tmp}/r", "--live-pace", "-1", "--no-serve"], "live-pace"),
     (["demo", "--root", "{tmp}/r", "--port", "0"], "port"),
     (["demo", "--root", "{tmp}/r", "--host", "no such host!"], "host"),
     # --- runs

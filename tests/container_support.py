@@ -35,7 +35,7 @@ def engine_script() -> Path:
     raise EngineMissing(
         f"no {ENGINE_SCRIPT} in any folder above {REPO} (CI has it beside the clone; "
         "or set TRAINMAP_CONTAINER_ENGINE to its path)"
-    )
+    ) from FileNotFoundError(ENGINE_SCRIPT)
 
 
 def engine_env() -> dict[str, str]:

@@ -75,8 +75,12 @@ class Engine:
 def engine() -> Engine:
     try:
         return Engine(engine_env())
-    except EngineMissing as error:  # CI has the engine: its absence is a failure, not a skip
-        pytest.fail(f"the container test needs its engine: {error}")
+    except EngineMissing as error:
+        # CI (CI=true) always has the engine beside the clone: there its absence is a
+        # failure. A clone elsewhere has no engine script; the skip says so in the summary.
+        if os.environ.get("CI") or not isinstance(error.__cause__, FileNotFoundError):
+            pytest.fail(f"the container test needs its engine: {error}")
+        pytest.skip(f"no container engine outside this project's machines: {error}")
 
 
 def free_port() -> int:

@@ -37,6 +37,10 @@ SUBCOMMANDS = {
         "train modadd with and without LayerNorm, fit, compare and serve the dashboard",
     ),
     "runs": ("trainmap.trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "import-checkpoints": (
+        "trainmap.trainer.checkpoints_cli",
+        "map a folder of saved checkpoints into ROOT/EXPERIMENT/RUN, without retraining",
+    ),
     "reproduce": (
         "trainmap.trainer.reproduce",
         "check the paper's claims on the quick presets; write docs/reproduction.md",

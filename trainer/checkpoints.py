@@ -225,7 +225,7 @@ def _first(error: Exception) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-def load_factory(spec: str) -> Callable[[], nn.Module]:
+def load_function(spec: str) -> Callable:
     """``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION`` -> the function (UserError if not)."""
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:

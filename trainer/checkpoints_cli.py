@@ -74,9 +74,9 @@ def main(args: argparse.Namespace) -> int:
         options = dict(split_heads=split_heads, config=config, task=args.task, seed=args.seed)
         hook_points = hook_points or task_hooks
     else:
-        factory, task_metrics = checkpoints.load_factory(args.model), None
+        factory, task_metrics = checkpoints.load_function(args.model), None
     if args.metrics:
-        task_metrics = checkpoints.load_factory(args.metrics)
+        task_metrics = checkpoints.load_function(args.metrics)
 
     def report_skip(name: str, reason: str) -> None:
         print(f"skipped {name}: {reason}", file=sys.stderr)

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainmap.trainer import rundir
 from trainmap.trainer.errors import UserError
 from trainmap.trainer.integrations.recorder import TaskMetrics
 from trainmap.trainer.metrics import resolve_hook_points
@@ -278,6 +279,8 @@ def import_checkpoints(
     checkpoint as it happens (the result lists them too). A run with no usable
     checkpoint is not created: UserError, with the reasons.
     """
+    run_dir = Path(run_dir)
+    rundir.run_path(run_dir.parent.parent, run_dir.parent.name, run_dir.name)  # names first
     checkpoints, skipped = find_checkpoints(directory, pattern)
     notify = on_skip or (lambda name, reason: None)
     for name, reason in skipped:

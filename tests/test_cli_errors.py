@@ -92,6 +92,42 @@ CASES = [
     (["runs", "list", "{file}"], "not a directory"),
     (["runs", "list", "{tmp}", "--experiment", "../x"], "invalid"),
     (["runs", "list", "{tmp}", "--experiment", "missing"], "missing"),
+    # --- import-checkpoints (nothing is created unless a checkpoint is usable)
+    (["import-checkpoints", "{tmp}", "--out", "{tmp}/r/e/x"], "required"),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "exp/run"],
+        "ROOT/EXPERIMENT/RUN",
+    ),
+    (
+        ["import-checkpoints", "{tmp}/missing", "--task", "modadd", "--out", "{tmp}/r/e/x"],
+        "not a directory",
+    ),
+    (["import-checkpoints", "{tmp}", "--task", "nosuch", "--out", "{tmp}/r/e/x"], "unknown task"),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "{tmp}/r/e/x"],
+        "no usable checkpoint",
+    ),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "{tmp}/r/../x"],
+        "invalid name",
+    ),
+    (
+        ["import-checkpoints", "{tmp}", "--model", "no_such_module_q:f", "--out", "{tmp}/r/e/x"],
+        "cannot import",
+    ),
+    (
+        [
+            "import-checkpoints",
+            "{tmp}",
+            "--task",
+            "modadd",
+            "--pattern",
+            "x(",
+            "--out",
+            "{tmp}/r/e/x",
+        ],
+        "regular expression",
+    ),
     # --- reproduce (checked before hours of training)
     (["reproduce", "--root", "{tmp}/r", "--out", "{file}/report.md"], "not a directory"),
     (["reproduce", "--root", "{tmp}/r", "--out", "{tmp}"], "is a directory"),

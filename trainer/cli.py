@@ -41,6 +41,10 @@ SUBCOMMANDS = {
         "trainmap.app.screenshots",
         "write the documentation's screenshots from the fitted runs under ROOT (needs selenium)",
     ),
+    "import-checkpoints": (
+        "trainmap.trainer.checkpoints_cli",
+        "map a folder of saved checkpoints into ROOT/EXPERIMENT/RUN, without retraining",
+    ),
     "reproduce": (
         "trainmap.trainer.reproduce",
         "check the paper's claims on the quick presets; write docs/reproduction.md",

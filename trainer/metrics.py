@@ -72,8 +72,7 @@ def value_metric(fn: ValueMetric) -> ValueMetric:
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     """numerator / denominator, and 0 where the denominator is 0 (an all-zero matrix)."""
-    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / safe)
+    return torch.where(denominator == 0, 0.0, numerator / denominator)
 
 
 # ----------------------------------------------------------- matrix metrics
@@ -147,7 +146,8 @@ def median(values: Tensor) -> Tensor:
 
 @value_metric
 def var(values: Tensor) -> Tensor:
-    centred = values.double() - mean(values)
+    exact = values.double()  # float32 values are exact in float64: no cancellation below
+    centred = exact - exact.mean()
     return centred.dot(centred) / values.numel()  # ddof=0
 
 

@@ -10,12 +10,13 @@ metric is adding one function:
   applied to all weights (``mean_w``) and to all biases (``mean_b``).
 
 :class:`WeightMetrics` finds the matrices and biases of the chosen hook points
-once, then on every call computes ONE ``torch.linalg.svdvals`` per matrix,
-batched across matrices of the same shape (a matrix and its transpose have the
-same singular values, l1, l2 and main diagonal, so ``(512, 128)`` and
-``(128, 512)`` share a batch). It writes the model-level columns (``l2``) and,
+once, then on every call computes the singular values of every matrix ONCE
+(from its float64 Gram matrix, see ``_singular_values``), batched across
+matrices of the same shape (a matrix and its transpose have the same singular
+values, l1, l2 and main diagonal, so ``(512, 128)`` and ``(128, 512)`` share a
+batch). It writes the model-level columns (``l2``) and,
 per hook point, ``HOOK/l2``. Non-finite weights give NaN for every column and
-``finite=False``; they never reach the SVD (LAPACK may fail or hang on NaN).
+``finite=False``; they never reach LAPACK (which may fail or hang on NaN).
 
 ``grad_sym`` and ``dist_irr`` are modular-arithmetic metrics: they need the
 model's forward pass, not just its weights, so they are plain functions below

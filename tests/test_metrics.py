@@ -300,3 +300,67 @@ def test_dist_irr_is_zero_when_logits_depend_only_on_the_difference():
             return self.w[difference].unsqueeze(1).expand(-1, p) + 0.0
 
     assert dist_irr(DifferenceOnly(), p) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------- singular values through the Gram matrix
+
+
+def with_singular_values(sv, rows, seed):
+    """A float64 (rows, len(sv)) matrix with singular values ``sv`` and random bases."""
+    generator = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(rows, len(sv), generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(len(sv), len(sv), generator=generator, dtype=torch.float64))
+    return u @ torch.diag(torch.as_tensor(sv, dtype=torch.float64)) @ v.T
+
+
+HARD_MATRICES = {
+    # singular values over 12 decades: the small ones are lost in W^T W
+    "ill_conditioned": lambda: with_singular_values(np.logspace(0, -12, 32), 48, 0),
+    "rank_3": lambda: with_singular_values([5.0, 2.0, 1.0] + [0.0] * 29, 48, 1),
+    "one_huge": lambda: with_singular_values([1e4] + [1e-3] * 31, 48, 2),
+    # mean_sv small against sigma_1 and made of singular values the Gram matrix blurs
+    "tiny_tail": lambda: with_singular_values([1.0] + [1e-9] * 31, 48, 6),
+    # all singular values equal: var_sv is ~0 and every digit of it is rounding
+    "orthogonal": lambda: with_singular_values([2.0] * 32, 48, 3),
+    "realistic": lambda: torch.randn(48, 32, generator=torch.Generator().manual_seed(4)) / 7,
+    "offset": lambda: 3.0 + 1e-3 * torch.randn(48, 32, generator=torch.Generator().manual_seed(5)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(HARD_MATRICES))
+def test_singular_value_metrics_match_a_float64_svd(name, dtype):
+    """spectral, mean_sv and var_sv to 1e-5 relative against numpy's float64 SVD of the
+    weights as stored, also where the Gram route alone would not be accurate enough."""
+    model = nn.Sequential(nn.Linear(32, 48, bias=False)).to(dtype)
+    with torch.no_grad():
+        model[0].weight.copy_(HARD_MATRICES[name]())
+    columns, _ = WeightMetrics(model, None).compute()
+    sv = np.linalg.svd(as_numpy(model[0].weight), compute_uv=False)
+    scale = sv.max() ** 2  # var_sv of equal singular values: compare to the squared scale
+    assert columns["spectral"] == pytest.approx(sv.max(), rel=1e-5, abs=0)
+    assert columns["mean_sv"] == pytest.approx(sv.mean(), rel=1e-5, abs=0)
+    assert columns["var_sv"] == pytest.approx(sv.var(), rel=1e-5, abs=1e-12 * scale)
+
+
+def test_gram_route_falls_back_per_matrix_only_where_needed(monkeypatch):
+    """Same-shape matrices share a batch; only the ill-conditioned one gets an SVD."""
+    calls = []
+    svdvals = torch.linalg.svdvals
+
+    def counting(a, *args, **kwargs):
+        calls.append(a.shape[0])
+        return svdvals(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svdvals", counting)
+    model = nn.ModuleDict(
+        {name: nn.Linear(32, 48, bias=False) for name in ("realistic", "ill_conditioned", "offset")}
+    )
+    with torch.no_grad():
+        for name, layer in model.items():
+            layer.weight.copy_(HARD_MATRICES[name]())
+    columns, _ = WeightMetrics(model, None).compute()
+    assert calls == [1]  # one batch of three matrices, one of them recomputed by SVD
+    for name, layer in model.items():
+        sv = np.linalg.svd(as_numpy(layer.weight), compute_uv=False)
+        assert columns[f"{name}/mean_sv"] == pytest.approx(sv.mean(), rel=1e-5, abs=0)

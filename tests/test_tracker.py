@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -138,3 +139,66 @@ def test_exception_in_the_loop_marks_the_run_failed(tmp_path):
 def test_needs_a_run_location():
     with pytest.raises(ValueError, match="run_dir"):
         Tracker(toy_model(), None)
+
+
+# ------------------------------------------------- background computation
+
+
+def train_and_log(tracker, model, checkpoints=6):
+    """A few SGD steps with a row after each: the weights move between rows."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    inputs = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    for epoch in range(1, checkpoints + 1):
+        loss = model(inputs).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tracker.log(epoch, train_loss=loss)
+
+
+def test_background_rows_equal_synchronous_rows(tmp_path):
+    for mode in ("sync", "background"):
+        model = toy_model()
+        with Tracker(model, None, tmp_path / mode / "r", background=mode == "background") as t:
+            train_and_log(t, model)
+    sync = rundir.read_metrics(tmp_path / "sync" / "r")
+    background = rundir.read_metrics(tmp_path / "background" / "r")
+    assert sync["epoch"].tolist() == list(range(1, 7))
+    pd.testing.assert_frame_equal(background, sync)  # same order, same numbers, bit for bit
+
+
+def test_background_job_runs_after_the_rows_logged_before_it(tmp_path):
+    model = toy_model()
+    seen = []
+    with Tracker(model, None, tmp_path / "e" / "r", background=True) as tracker:
+        train_and_log(tracker, model, checkpoints=3)
+        tracker.after_logged(lambda: seen.append(len(rundir.read_metrics(tracker.path))))
+        train_and_log(tracker, model, checkpoints=2)
+    assert seen == [3]  # the resume state is saved this way: never before its row
+    assert rundir.read_meta(tmp_path / "e" / "r")["status"] == "completed"
+
+
+def test_background_divergence_is_known_when_log_returns(tmp_path):
+    model = toy_model()
+    with Tracker(model, None, tmp_path / "e" / "r", background=True) as tracker:
+        tracker.log(1)
+        with torch.no_grad():
+            model[0].weight[0, 0] = float("nan")
+        row = tracker.log(2, eval_acc=0.5)
+        assert tracker.diverged and row == {"epoch": 2, "step": 2, "eval_acc": 0.5}
+    meta = rundir.read_meta(tmp_path / "e" / "r")
+    assert meta["status"] == "diverged" and meta["diverged_at_epoch"] == 2
+    assert math.isnan(rundir.read_metrics(tmp_path / "e" / "r")["l2"].iloc[-1])
+
+
+def test_background_error_fails_the_run_and_is_raised(tmp_path):
+    def broken():
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with Tracker(toy_model(), None, tmp_path / "e" / "r", background=True) as tracker:
+            tracker.log(1)
+            tracker.after_logged(broken)
+    meta = rundir.read_meta(tmp_path / "e" / "r")
+    assert meta["status"] == "failed" and "disk on fire" in meta["error"]
+    assert len(rundir.read_metrics(tmp_path / "e" / "r")) == 1  # the row before it is kept

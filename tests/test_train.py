@@ -328,3 +328,15 @@ def test_resume_from_an_unusable_state_is_a_one_line_error(capsys, tmp_path, dam
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("trainmap train: error: ")
     assert message in err and "e/seed-0" in err
+
+
+def test_background_metrics_give_the_same_run(reference, tmp_path):
+    from trainmap.trainer.tasks import get_task
+    from trainmap.trainer.train import train_run
+
+    config = get_task("modadd").config("tiny", seed=0)
+    path = train_run(config, tmp_path, "ref", progress=False, background_metrics=True)
+    pd.testing.assert_frame_equal(metrics_of(tmp_path, "ref", 0), metrics_of(reference, "ref", 0))
+    assert rundir.read_meta(path)["status"] == "completed"
+    _, info = rundir.load_state(path, check_metrics=True)  # the state of the last row
+    assert info["epoch"] == config.epochs

@@ -10,12 +10,13 @@ metric is adding one function:
   applied to all weights (``mean_w``) and to all biases (``mean_b``).
 
 :class:`WeightMetrics` finds the matrices and biases of the chosen hook points
-once, then on every call computes ONE ``torch.linalg.svdvals`` per matrix,
-batched across matrices of the same shape (a matrix and its transpose have the
-same singular values, l1, l2 and main diagonal, so ``(512, 128)`` and
-``(128, 512)`` share a batch). It writes the model-level columns (``l2``) and,
+once, then on every call computes the singular values of every matrix ONCE
+(from its float64 Gram matrix, see ``_singular_values``), batched across
+matrices of the same shape (a matrix and its transpose have the same singular
+values, l1, l2 and main diagonal, so ``(512, 128)`` and ``(128, 512)`` share a
+batch). It writes the model-level columns (``l2``) and,
 per hook point, ``HOOK/l2``. Non-finite weights give NaN for every column and
-``finite=False``; they never reach the SVD (LAPACK may fail or hang on NaN).
+``finite=False``; they never reach LAPACK (which may fail or hang on NaN).
 
 ``grad_sym`` and ``dist_irr`` are modular-arithmetic metrics: they need the
 model's forward pass, not just its weights, so they are plain functions below
@@ -72,8 +73,7 @@ def value_metric(fn: ValueMetric) -> ValueMetric:
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     """numerator / denominator, and 0 where the denominator is 0 (an all-zero matrix)."""
-    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    return torch.where(denominator == 0, torch.zeros_like(numerator), numerator / safe)
+    return torch.where(denominator == 0, 0.0, numerator / denominator)
 
 
 # ----------------------------------------------------------- matrix metrics
@@ -157,8 +157,9 @@ def _median_on_device(values: Tensor) -> Tensor:
 
 @value_metric
 def var(values: Tensor) -> Tensor:
-    centred = values.double() - mean(values)
-    return centred.square().mean()  # ddof=0
+    exact = values.double()  # float32 values are exact in float64: no cancellation below
+    centred = exact - exact.mean()
+    return centred.dot(centred) / values.numel()  # ddof=0
 
 
 WEIGHT_COLUMNS = (
@@ -263,14 +264,14 @@ def _kind(name: str, param: Tensor, include_gains: bool) -> str | None:
 
 @dataclass
 class _Matrix:
-    """One matrix for the metrics: a view of a parameter (conv kernels flattened, maybe one head)."""
+    """One parameter as matrices for the metrics: conv kernels flattened, maybe split per head."""
 
-    param: Tensor
+    index: int  # the parameter's position in ``WeightMetrics.parameters`` (and in a snapshot)
     heads: int = 1  # split into this many matrices along ``head_dim``
     head_dim: int = 0
 
-    def views(self) -> list[Tensor]:
-        w = self.param.detach()
+    def views(self, tensors: list[Tensor]) -> list[Tensor]:
+        w = tensors[self.index]
         w = w.reshape(w.shape[0], -1)  # conv (out, in, kh, kw) -> (out, in*kh*kw)
         if self.heads == 1:
             return [w]
@@ -285,6 +286,11 @@ class WeightMetrics:
     projection); each head is then a matrix of its own. ``include_gains`` adds
     1-D non-bias parameters (norm gains) to the weight distribution (``mean_w``
     etc.); they are never matrices.
+
+    ``compute()`` reads the live weights. To compute elsewhere (another thread)
+    while training goes on, take ``snapshot()`` (a copy of the weights, the only
+    part that must happen between optimizer steps) and pass it to
+    ``compute(snapshot)``: the numbers are the same.
     """
 
     def __init__(
@@ -303,70 +309,92 @@ class WeightMetrics:
         if unknown:
             raise HookPointError(f"split_heads names unknown parameters: {', '.join(unknown)}")
 
-        # per hook point: (matrices, weight values, biases); a parameter owned by
-        # two hook points (``blocks.0`` and ``blocks.0.mlp``) counts once at model level.
-        self._per_hook: dict[str, tuple[list[_Matrix], list[Tensor], list[Tensor]]] = {}
-        seen: dict[int, tuple[str, Tensor]] = {}
+        # Every parameter of the hook points once, in order; the groups below hold
+        # positions in this list (a parameter owned by two hook points, ``blocks.0``
+        # and ``blocks.0.mlp``, counts once at model level).
+        kinds: dict[int, str] = {}
+        self.parameters: list[Tensor] = []
         for hook in self.hook_points:
-            matrices, weights, biases = [], [], []
             for _, param in _owned_parameters(modules[hook], include_gains):
+                if id(param) not in kinds:
+                    kinds[id(param)] = _kind(names[id(param)], param, include_gains)
+                    self.parameters.append(param)
+        position = {id(p): i for i, p in enumerate(self.parameters)}
+        matrices: dict[int, _Matrix] = {}
+        for param in self.parameters:
+            if kinds[id(param)] == "matrix":
                 full_name = names[id(param)]
-                kind = _kind(full_name, param, include_gains)
-                seen.setdefault(id(param), (kind, param))
-                if kind == "bias":
-                    biases.append(param)
-                    continue
-                weights.append(param)
-                if kind == "matrix":
-                    heads, dim = _heads(split_heads.get(full_name, 1))
-                    if param.shape[dim] % heads:
-                        raise HookPointError(
-                            f"cannot split {full_name} {tuple(param.shape)} into {heads} heads"
-                        )
-                    matrices.append(_Matrix(param, heads, dim))
-            self._per_hook[hook] = (matrices, weights, biases)
-        unique = {id(m.param): m for ms, _, _ in self._per_hook.values() for m in ms}
-        self._model_level = (
-            list(unique.values()),
-            [p for kind, p in seen.values() if kind in ("matrix", "gain")],
-            [p for kind, p in seen.values() if kind == "bias"],
-        )
-        self.parameters = [p for _, p in seen.values()]
+                heads, dim = _heads(split_heads.get(full_name, 1))
+                if param.shape[dim] % heads:
+                    raise HookPointError(
+                        f"cannot split {full_name} {tuple(param.shape)} into {heads} heads"
+                    )
+                matrices[id(param)] = _Matrix(position[id(param)], heads, dim)
+
+        def group(params: Iterable[Tensor]) -> tuple[list[_Matrix], list[int], list[int]]:
+            """(matrices, weight positions, bias positions) of some parameters."""
+            params = list(params)
+            return (
+                [matrices[id(p)] for p in params if id(p) in matrices],
+                [position[id(p)] for p in params if kinds[id(p)] in ("matrix", "gain")],
+                [position[id(p)] for p in params if kinds[id(p)] == "bias"],
+            )
+
+        self._model_level = group(self.parameters)
+        self._per_hook = {
+            hook: group(p for _, p in _owned_parameters(modules[hook], include_gains))
+            for hook in self.hook_points
+        }
+        # (groups, views): row g averages the matrix views of group g (model level
+        # first, then the hook points); a group without matrices gets NaN.
+        first_view, start = {}, 0
+        for m in self._model_level[0]:
+            first_view[m.index] = start
+            start += m.heads
+        self._averaging = torch.zeros(1 + len(self._per_hook), start, dtype=torch.float64)
+        for g, (hook_matrices, _, _) in enumerate([self._model_level, *self._per_hook.values()]):
+            views = [first_view[m.index] + h for m in hook_matrices for h in range(m.heads)]
+            self._averaging[g, views] = 1 / len(views) if views else 0.0
+            if not views:
+                self._averaging[g] = math.nan
 
     @property
     def n_matrices(self) -> int:
         """How many matrices the model-level columns average over (heads counted apart)."""
         return sum(m.heads for m in self._model_level[0])
 
-    def is_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.parameters)
+    def is_finite(self, snapshot: list[Tensor] | None = None) -> bool:
+        """No NaN or Inf among the live weights (or in a ``snapshot()``)."""
+        return _all_finite([p.detach() for p in self.parameters] if snapshot is None else snapshot)
+
+    def snapshot(self) -> list[Tensor]:
+        """A copy of the hook points' weights, for ``compute(snapshot)`` later or elsewhere."""
+        return [p.detach().clone() for p in self.parameters]
 
     @torch.no_grad()
-    def compute(self) -> tuple[dict[str, float], bool]:
+    def compute(self, snapshot: list[Tensor] | None = None) -> tuple[dict[str, float], bool]:
         """Return (columns, finite): model-level and ``HOOK/metric`` columns.
 
-        With any non-finite weight every column is NaN and ``finite`` is False.
+        Of the live weights, or of a ``snapshot()``. With any non-finite weight
+        every column is NaN and ``finite`` is False.
         """
-        finite = self.is_finite()
+        tensors = [p.detach() for p in self.parameters] if snapshot is None else snapshot
+        finite = _all_finite(tensors)
         groups = [("", self._model_level)]
         groups += [(f"{hook}/", parts) for hook, parts in self._per_hook.items()]
         if not finite:
             nan = float("nan")
             return {prefix + col: nan for prefix, _ in groups for col in WEIGHT_COLUMNS}, False
 
-        matrices = self._model_level[0]
-        table = _per_matrix_metrics(matrices)  # (views, metrics), rows in matrices' order
-        rows_of, first = {}, 0
-        for m in matrices:
-            rows_of[id(m.param)] = list(range(first, first + m.heads))
-            first += m.heads
+        # (views, metrics), rows in the model-level matrices' order; then every
+        # group's columns at once: the average over its matrices is one product.
+        table = _per_matrix_metrics(self._model_level[0], tensors)
+        averages = (self._averaging @ table).tolist()  # (groups, metrics)
         row: dict[str, float] = {}
-        for prefix, (hook_matrices, weights, biases) in groups:
-            rows = [r for m in hook_matrices for r in rows_of[id(m.param)]]
-            means = table[rows].mean(dim=0).tolist() if rows else [math.nan] * len(MATRIX_METRICS)
+        for (prefix, (_, weights, biases)), means in zip(groups, averages):
             row.update((prefix + name, value) for name, value in zip(MATRIX_METRICS, means))
-            for suffix, tensors in (("w", weights), ("b", biases)):
-                flat = _flat(tensors)
+            for suffix, positions in (("w", weights), ("b", biases)):
+                flat = _flat([tensors[i] for i in positions])
                 for name, fn in VALUE_METRICS.items():
                     row[f"{prefix}{name}_{suffix}"] = float(fn(flat)) if flat.numel() else math.nan
         return row, True
@@ -379,18 +407,37 @@ def _heads(spec: int | tuple[int, int]) -> tuple[int, int]:
 def _flat(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(0)
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1)  # a view: no copy
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _per_matrix_metrics(matrices: list[_Matrix]) -> Tensor:
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """No NaN or Inf in any tensor.
+
+    A float64 sum of float32 (or narrower) values cannot overflow, so it is
+    finite exactly when every value is: one cheap pass instead of isfinite's
+    boolean tensor. Wider dtypes could overflow a finite sum, so they are checked
+    value by value.
+    """
+    for t in tensors:
+        if t.dtype.itemsize < 8 and t.is_floating_point():
+            if not math.isfinite(t.sum(dtype=torch.float64)):
+                return False
+        elif not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
+def _per_matrix_metrics(matrices: list[_Matrix], tensors: list[Tensor]) -> Tensor:
     """Every matrix metric for every matrix view: a (views, metrics) float64 table.
 
-    One batched svdvals per distinct shape. Rows follow ``matrices`` (and heads
-    within a matrix) in order.
+    One batched singular-value computation per distinct shape. Rows follow
+    ``matrices`` (and heads within a matrix) in order.
     """
     # Orient every matrix tall (rows >= cols): all eight metrics are invariant
-    # under transposition, and same-shape matrices then share one batched SVD.
-    views = [view for m in matrices for view in m.views()]
+    # under transposition, and same-shape matrices then share one batch.
+    views = [view for m in matrices for view in m.views(tensors)]
     by_shape: dict[tuple[int, int], list[int]] = {}
     talls = []
     for position, view in enumerate(views):
@@ -399,13 +446,46 @@ def _per_matrix_metrics(matrices: list[_Matrix]) -> Tensor:
         by_shape.setdefault(tuple(tall.shape), []).append(position)
     table = torch.empty(len(views), len(MATRIX_METRICS), dtype=torch.float64)
     for positions in by_shape.values():
-        stacked = torch.stack([talls[i] for i in positions])  # (G, m, n)
-        # The SVD runs in the weights' own dtype (the cost); sums accumulate and
-        # singular-value statistics run in float64 (the accuracy).
-        singular_values = torch.linalg.svdvals(stacked).double()  # (G, min(m, n))
+        # float64 throughout: exact copies of float32 weights, sums without
+        # cancellation, and the precision the Gram matrix below needs.
+        stacked = torch.stack([talls[i] for i in positions]).double()  # (G, m, n)
+        singular_values = _singular_values(stacked)  # (G, n)
         columns = [fn(stacked, singular_values) for fn in MATRIX_METRICS.values()]
         table[positions] = torch.stack(columns, dim=1).cpu()
     return table
+
+
+SV_TOLERANCE = 1e-7
+"""Bound on the relative error of ``mean_sv`` and ``var_sv`` from the Gram route (the
+tests and the benchmark hold them to 1e-5 against a float64 SVD)."""
+
+
+def _singular_values(tall: Tensor) -> Tensor:
+    """Singular values, descending, of a batch of tall float64 matrices (G, m, n), m >= n.
+
+    From the eigenvalues of the Gram matrices W^T W (n x n), about twice as fast
+    as an SVD (measured in bench/metrics.py). Squaring the matrix costs precision
+    only for the SMALL singular values: with rounding error d in the eigenvalues
+    (d <= (m + n) eps ||W||_F^2 in float64), sigma_i = sqrt(lambda_i) is off by at
+    most min(sqrt(d), d / sigma_i), while the largest, the spectral norm, keeps
+    relative error d / (2 sigma_1^2) <= (m + n) n eps / 2 (under 1e-7 for any
+    m + n, n below ~10^4). Where that bound could move ``mean_sv`` or ``var_sv`` by
+    more than SV_TOLERANCE relative (an ill-conditioned matrix, or one whose
+    singular values are all nearly equal), that matrix falls back to a float64 SVD.
+    """
+    m, n = tall.shape[-2:]
+    eigenvalues = torch.linalg.eigvalsh(tall.mT @ tall)  # (G, n), ascending
+    singular = eigenvalues.clamp(min=0).sqrt().flip(-1)
+    rounding = (m + n) * torch.finfo(torch.float64).eps * eigenvalues.sum(-1, keepdim=True)
+    # bound on mean_sv's error (0/0 for an all-zero matrix: no error)
+    error = torch.minimum(rounding.sqrt(), (rounding / singular).nan_to_num(0.0)).mean(-1)
+    mean_sv, var_sv = singular.mean(-1), singular.var(-1, correction=0)
+    doubtful = (error > SV_TOLERANCE * mean_sv) | (
+        2 * singular[:, 0] * error > SV_TOLERANCE * var_sv
+    )
+    if doubtful.any():
+        singular[doubtful] = torch.linalg.svdvals(tall[doubtful])
+    return singular
 
 
 # ------------------------------------------------ modular-arithmetic metrics

@@ -16,12 +16,22 @@ level and per hook point, plus whatever scalars you pass) to
 block marks the run completed; an exception marks it failed, Ctrl-C
 interrupted. Non-finite weights make that row's weight columns NaN and flag the
 run as diverged at that epoch; logging continues, nothing raises.
+
+With ``background=True`` the weight statistics are computed off the training
+loop's critical path: ``log`` copies the weights (``WeightMetrics.snapshot``,
+tens of microseconds on the paper model) and a single worker thread computes
+and appends the rows, in ``log`` order, with the same numbers as synchronous
+logging. ``diverged`` is still known when ``log`` returns (the finiteness check
+runs on the copy right away). If the process is killed, every row already
+written stays readable; only checkpoints still being computed are lost (at
+most two checkpoints). Leaving the ``with`` block waits for them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +68,7 @@ class Tracker:
         include_gains: bool = False,
         overwrite: bool = False,
         resume_through_step: int | None = None,
+        background: bool = False,
     ):
         if run_dir is not None:
             path = Path(run_dir)
@@ -87,30 +98,89 @@ class Tracker:
             )
         self.path = self.writer.path
         self.diverged = self.writer.meta.get("diverged_at_epoch") is not None
+        # One worker: rows reach the file in log order.
+        self._worker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainmap-metrics")
+            if background
+            else None
+        )
+        self._pending: list[Future] = []
 
     def log(self, epoch: int, step: int | None = None, **scalars: Any) -> dict[str, Any]:
         """Compute the weight statistics now and append them with ``scalars`` as one row.
 
         ``step`` defaults to ``epoch``. Scalars may be floats, ints, numpy or
-        0-d torch values; non-finite ones are stored as null. Returns the row.
+        0-d torch values; non-finite ones are stored as null. Returns the row
+        (in the background, without the weight columns, which are still to come).
         """
-        weight_columns, finite = self.weights.compute()
-        if not finite:
-            self.writer.mark_diverged(epoch)
+        index = {"epoch": int(epoch), "step": int(epoch if step is None else step)}
+        values = {name: _scalar(value) for name, value in scalars.items()}
+        if self._worker is None:
+            return self._write_row(index, values, None)
+        snapshot = self.weights.snapshot()
+        if not self.weights.is_finite(snapshot):
             self.diverged = True
-        row: dict[str, Any] = {"epoch": int(epoch), "step": int(epoch if step is None else step)}
-        row.update(weight_columns)
-        row.update({name: _scalar(value) for name, value in scalars.items()})
+        self.after_logged(self._write_row, index, values, snapshot)
+        return {**index, **values}
+
+    def _write_row(self, index: dict, values: dict, snapshot: list | None) -> dict[str, Any]:
+        weight_columns, finite = self.weights.compute(snapshot)
+        if not finite:
+            self.writer.mark_diverged(index["epoch"])
+            self.diverged = True
+        row = {**index, **weight_columns, **values}
         self.writer.append(row)
         return row
 
+    MAX_PENDING = 4
+    """Background jobs queued at most; ``log`` waits beyond that (bounded memory)."""
+
+    def after_logged(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` once every row logged so far is written.
+
+        Right away when logging is synchronous; in the background after the
+        pending rows, in order. The training loop saves its resume state this
+        way, so a state is never on disk before its metrics row (which
+        ``rundir.load_state`` relies on). An error in a background job is
+        raised here, at the next call, or when the tracker finishes.
+        """
+        if self._worker is None:
+            fn(*args)
+            return
+        self._collect(keep=self.MAX_PENDING - 1)
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def _collect(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` jobs are pending; raise the first error."""
+        while len(self._pending) > keep or (self._pending and self._pending[0].done()):
+            self._pending.pop(0).result()
+
     def finish(self, status: str = "completed", error: str | None = None) -> None:
+        self._drain()
         self.writer.finish(status, error)
+
+    def _drain(self) -> None:
+        """Wait for the background jobs, then stop the worker; raise the first error."""
+        if self._worker is None:
+            return
+        try:
+            self._collect()
+        finally:
+            self._worker.shutdown(wait=True, cancel_futures=False)
+            self._worker = None
+            self._pending = []
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._drain()
+        except Exception as error:  # noqa: BLE001 - a failed background row fails the run
+            if exc_type is None:
+                exc_type, exc = type(error), error
+            self.writer.__exit__(exc_type, exc, tb)
+            raise
         self.writer.__exit__(exc_type, exc, tb)
 
 

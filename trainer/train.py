@@ -63,6 +63,7 @@ def train_run(
     progress: bool = True,
     position: int = 0,
     pace: float = 0.0,
+    background_metrics: bool = False,
 ) -> str:
     """Train one seed into ``root/experiment/run`` (default run name ``seed-N``); return its path.
 
@@ -71,7 +72,10 @@ def train_run(
     keeps every completed checkpoint. ``pace`` > 0 waits until at least that
     many seconds have passed since the previous checkpoint before going on
     (the demo's live run, slowed so a person can watch it; it trains and
-    writes exactly what an unpaced run would).
+    writes exactly what an unpaced run would). ``background_metrics`` computes
+    the weight statistics (and writes the resume state) in a worker thread while
+    training goes on (see ``Tracker``); the rows are the same. It pays off only
+    with a core to spare: bench/metrics.py measures it.
     """
     task = get_task(config.task)
     run = run or f"seed-{config.seed}"
@@ -118,6 +122,7 @@ def train_run(
             split_heads=task.split_heads(config) if task.split_heads else None,
             resume_through_step=keep_through_step,
             overwrite=resume and state is None,  # resuming a run with no checkpoint yet: restart it
+            background=background_metrics,
         )
 
         n_train = len(data.train_y)
@@ -169,9 +174,9 @@ def train_run(
                     row = tracker.log(epoch, step=step, **scalars)
                     if tracker.diverged:
                         break  # non-finite weights stay non-finite: the run ends here
-                    rundir.save_state(
-                        path, *state_arrays(model, optimizer, batch_order, epoch, step, config)
-                    )
+                    # after its row (a state without its row is refused on resume)
+                    arrays, info = state_arrays(model, optimizer, batch_order, epoch, step, config)
+                    tracker.after_logged(rundir.save_state, path, arrays, info)
                     bar.set_postfix(eval_acc=f"{row['eval_acc']:.3f}", refresh=False)
                     if pace > 0:
                         time.sleep(max(0.0, pace - (time.monotonic() - paced)))
@@ -213,13 +218,14 @@ def evaluate(model: torch.nn.Module, task: Task, data: Data) -> dict[str, float]
 
 
 def state_arrays(model, optimizer, batch_order, epoch, step, config):
-    arrays = {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    # copies, not views of the live tensors: the state may be written while training goes on
+    arrays = {f"model.{k}": v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
             if torch.is_tensor(value):
-                arrays[f"optimizer.{index}.{key}"] = value.detach().cpu().numpy()
+                arrays[f"optimizer.{index}.{key}"] = value.detach().cpu().numpy().copy()
             else:
                 scalars[f"{index}.{key}"] = value
     arrays["rng.torch"] = torch.get_rng_state().numpy()

@@ -453,15 +453,15 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
     rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
     counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
     readable = [r["run"] for r in rows if r["status"] != rundir.BROKEN]
-    # The progress plot reads each run's metrics; past max_curves runs it shows
-    # the first ones only, so a page for hundreds of runs still opens quickly.
+    # The progress plot reads one metric of each run; past max_curves runs it
+    # shows the first ones only, so a page for hundreds of runs still opens quickly.
+    columns = metric_names(root, experiment, fp)
+    metric = "eval_acc" if "eval_acc" in columns else next(iter(columns), "eval_acc")
     frames = {}
     for run in readable[:max_curves]:
-        frame = load_run_metrics(root, experiment, run)
+        frame = load_run_columns(root, experiment, run, [metric])
         if frame is not None:
             frames[run] = frame
-    columns = dict.fromkeys(c for f in frames.values() for c in figures.metric_columns(f.columns))
-    metric = "eval_acc" if "eval_acc" in columns else next(iter(columns), "eval_acc")
     thinned = {
         run: f[["epoch", metric]].iloc[:: max(1, len(f) // 400)]
         for run, f in frames.items()

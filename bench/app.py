@@ -46,7 +46,7 @@ WARM_TARGET = 0.050  # seconds, p95
 WARM_REPEATS = 30
 
 
-def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int) -> None:
+def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int, fit: bool) -> None:
     """Generate and fit once; later runs reuse both (the fit is found by analysis)."""
     from trainmap import analysis
     from trainmap.analysis.synthetic import write_synthetic_experiment
@@ -59,12 +59,14 @@ def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int) ->
         )
         (root / name / ".generated").write_text("ok")
         print(f"  generated in {time.perf_counter() - started:.1f} s", flush=True)
+    if not fit:
+        return
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = analysis.fit_experiment(root, name, max_states=3, restarts=1, workers=2)
-    how = "loaded" if getattr(fit, "loaded", False) else "fitted"
-    print(f"  fit {how} in {time.perf_counter() - started:.1f} s (selected n={fit.selected_n})")
+        result = analysis.fit_experiment(root, name, max_states=3, restarts=1, workers=2)
+    how = "loaded" if getattr(result, "loaded", False) else "fitted"
+    print(f"  fit {how} in {time.perf_counter() - started:.1f} s (selected n={result.selected_n})")
 
 
 class Caller:
@@ -155,21 +157,32 @@ def build_caches(root: Path, name: str) -> None:
     jsonl, caches = cache_files(root, name)
     for cache in caches:
         cache.unlink(missing_ok=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for metrics in jsonl:
         rundir.read_metrics(metrics.parent, columns=[])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(
+        f"  columnar caches built in {elapsed:.1f} s, CPU {cpu:.1f} s"
+        f" ({cpu / len(jsonl) * 1000:.0f} ms CPU per run, {load()})",
+        flush=True,
+    )
+    cache_sizes(root, name)
+
+
+def cache_sizes(root: Path, name: str) -> None:
+    jsonl, caches = cache_files(root, name)
     size_jsonl = sum(p.stat().st_size for p in jsonl) / 1e6
     size_cache = sum(p.stat().st_size for p in caches if p.exists()) / 1e6
     print(
-        f"  columnar caches built in {elapsed:.1f} s ({elapsed / len(jsonl) * 1000:.0f} ms per run,"
-        f" {load()}); on disk {size_cache:.0f} MB against {size_jsonl:.0f} MB of JSONL"
+        f"  columnar caches on disk: {size_cache:.0f} MB against {size_jsonl:.0f} MB of JSONL"
         f" ({size_cache / size_jsonl:.0%})",
         flush=True,
     )
 
 
-def bench_case(root: Path, name: str, cache_dir: Path, cold_repeats: int, baseline: bool) -> bool:
+def bench_case(
+    root: Path, name: str, cache_dir: Path, cold_repeats: int, baseline: bool, rebuild: bool
+) -> bool:
     from trainmap.app import data
     from trainmap.app.main import create_app
     from trainmap.trainer import rundir
@@ -179,11 +192,14 @@ def bench_case(root: Path, name: str, cache_dir: Path, cold_repeats: int, baseli
     with app.server.app_context():
         fp = data.fingerprint(str(root), name)
         overview = data.fit_overview(str(root), name, fp)
-        n = overview["selected_n"]
-        run = overview["runs"][0]
-        elements = data.map_view(str(root), name, fp, n)
+        n = overview["selected_n"] if overview else None
+        run = overview["runs"][0] if overview else data.run_names(str(root), name)[0]
+        elements = data.map_view(str(root), name, fp, n) if overview else []
     edge = next((e["data"] for e in elements if "source" in e["data"]), None)
     requests = requests_for(name, n, run, edge)
+    if overview is None:  # --no-fit: only the views of the runs' metrics mean anything
+        print(f"  {name} has no fit (--no-fit): the selection, map and strip views are left out")
+        requests = {k: v for k, v in requests.items() if k.startswith(("runs", "curves"))}
 
     def clear():
         with app.server.app_context():
@@ -193,13 +209,15 @@ def bench_case(root: Path, name: str, cache_dir: Path, cold_repeats: int, baseli
 
     def cold_views(label: str) -> dict[str, list[float]]:
         """Every callback on an empty dashboard cache, in the order a first visit makes them."""
-        cold: dict[str, list[tuple[float, float]]] = {v: [] for v in ["first map view", *requests]}
+        first_map = ["first map view"] if "map choices" in requests else []
+        cold: dict[str, list[tuple[float, float]]] = {v: [] for v in [*first_map, *requests]}
         for _ in range(cold_repeats):
             clear()
-            wall = call(*requests["map choices"])
-            cpu = call.last_cpu
-            wall += call(*requests["map elements"])
-            cold["first map view"].append((wall, cpu + call.last_cpu))
+            if first_map:
+                wall = call(*requests["map choices"])
+                cpu = call.last_cpu
+                wall += call(*requests["map elements"])
+                cold["first map view"].append((wall, cpu + call.last_cpu))
             for view, request in requests.items():
                 clear()
                 cold[view].append((call(*request), call.last_cpu))
@@ -216,7 +234,10 @@ def bench_case(root: Path, name: str, cache_dir: Path, cold_repeats: int, baseli
             uncached = cold_views("baseline (JSONL parsed)")
         finally:
             rundir.configure_metrics_cache(spare_dir=cache_dir / "metrics")
-    build_caches(root, name)
+    if rebuild:
+        build_caches(root, name)
+    else:
+        cache_sizes(root, name)
     cached = cold_views("cached")
     # Warm: the same requests again and again with the cache filled.
     warm: dict[str, list[float]] = {}
@@ -271,6 +292,16 @@ def main() -> int:
         help="skip the big case's baseline (every view parsing the JSONL: about 10 minutes)",
     )
     parser.add_argument(
+        "--keep-big-caches",
+        action="store_true",
+        help="keep the big case's columnar caches instead of timing their build (minutes)",
+    )
+    parser.add_argument(
+        "--no-fit",
+        action="store_true",
+        help="do not fit experiments that have no fit yet (only the metric views are measured)",
+    )
+    parser.add_argument(
         "--data",
         type=Path,
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trainmap-bench",
@@ -286,9 +317,11 @@ def main() -> int:
             if key == "big":
                 cold_repeats = args.big_cold_samples
             name = f"bench-{n_runs}x{n_checkpoints}"
-            ensure_experiment(root, name, n_runs, n_checkpoints)
-            baseline = key == "small" or not args.no_big_baseline
-            ok &= bench_case(root, name, Path(cache) / key, cold_repeats, baseline)
+            ensure_experiment(root, name, n_runs, n_checkpoints, fit=not args.no_fit)
+            small = key == "small"
+            baseline = small or not args.no_big_baseline
+            rebuild = small or not args.keep_big_caches
+            ok &= bench_case(root, name, Path(cache) / key, cold_repeats, baseline, rebuild)
     if not args.big:
         print("\n(400 runs x 10000 checkpoints: run with --big; generating and fitting it is slow)")
     print("\nall targets met" if ok else "\nsome targets missed (see above)")

@@ -251,7 +251,7 @@ def bench_case(
     )
     header = f"{'view':22s} {'cold cached':>12s} {'(CPU)':>7s} {'baseline':>9s} {'(CPU)':>7s}"
     print(f"{header} {'speed-up':>8s} {'warm p50':>9s} {'warm p95':>9s}")
-    ok = True
+    ok = cpu_ok = True
     for view in cached:
         cold, cold_cpu = (statistics.median(x) for x in zip(*cached[view]))
         line = f"{view:22s} {cold:11.2f}s {cold_cpu:6.2f}s"
@@ -270,10 +270,17 @@ def bench_case(
             if bad
         ]
         ok &= not missed
+        cpu_ok &= cold_cpu <= COLD_TARGET
         print(line + (f"  MISSED ({', '.join(missed)})" if missed else ""))
     print(
         f"targets: every view cold <= {COLD_TARGET:.0f} s, warm p95 <= {WARM_TARGET * 1000:.0f} ms"
     )
+    if not ok and cpu_ok and os.getloadavg()[0] > 2:
+        # a request runs on one thread: on an idle core its wall time is its CPU time
+        print(
+            f"  every cold view took <= {COLD_TARGET:.0f} s of CPU: the wall-time misses are"
+            f" waiting for a core at {load()} on {os.cpu_count()} cores"
+        )
     return ok
 
 

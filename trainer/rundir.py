@@ -7,6 +7,7 @@ Layout (see docs/format.md for the full description)::
         RUN/
           meta.json             metadata, replaced atomically on every change
           metrics.jsonl         one JSON object per checkpoint, appended
+          metrics.cache         its rows as columns, kept up to date by readers (derived)
           state/arrays.npz      resume state: arrays and their epoch/step in one file (no pickle)
         .fits/                  analysis results (owned by analysis.store)
 
@@ -19,8 +20,10 @@ Guarantees the rest of trainmap relies on:
 * ``meta.json`` and the resume state are written to a temporary file and
   renamed, so they are either the old or the new version, never half; the
   resume state is one file, so its arrays and its epoch cannot disagree;
-* nothing here unpickles: metrics are JSON, arrays are ``.npz`` read with
-  ``allow_pickle=False``;
+* nothing here unpickles: metrics are JSON, their cache raw int64/float64
+  columns, arrays are ``.npz`` read with ``allow_pickle=False``;
+* the metrics cache is never served stale: it is used only while the bytes of
+  metrics.jsonl it covers are unchanged, and rebuilt otherwise;
 * names of experiments and runs are checked, and every path is resolved and
   must stay inside the root, so ``..``, absolute paths and symlinks that lead
   outside are refused; the files of a run are never read or written through a

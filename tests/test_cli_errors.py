@@ -81,6 +81,10 @@ CASES = [
     (["demo", "--root", "{tmp}/r", "--seeds", "x", "--no-serve"], "seeds"),
     (["demo", "--root", "{tmp}/r", "--task", "nope", "--no-serve"], "unknown task"),
     (["demo", "--root", "{tmp}/r", "--workers", "0", "--no-serve"], "workers"),
+    (["demo", "--root", "{tmp}/r", "--live-pace", "-1", "--no-serve"], "live-pace"),
+    # --- screenshots
+    (["screenshots", "--root", "{tmp}/none", "--out", "{tmp}/o"], "not a directory"),
+    (["screenshots", "--root", "{tmp}", "--experiments", "x", "--out", "{tmp}/o"], "no saved fit"),
     (["demo", "--root", "{tmp}/r", "--port", "0"], "port"),
     (["demo", "--root", "{tmp}/r", "--host", "no such host!"], "host"),
     # --- runs
@@ -88,6 +92,42 @@ CASES = [
     (["runs", "list", "{file}"], "not a directory"),
     (["runs", "list", "{tmp}", "--experiment", "../x"], "invalid"),
     (["runs", "list", "{tmp}", "--experiment", "missing"], "missing"),
+    # --- import-checkpoints (nothing is created unless a checkpoint is usable)
+    (["import-checkpoints", "{tmp}", "--out", "{tmp}/r/e/x"], "required"),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "exp/run"],
+        "ROOT/EXPERIMENT/RUN",
+    ),
+    (
+        ["import-checkpoints", "{tmp}/missing", "--task", "modadd", "--out", "{tmp}/r/e/x"],
+        "not a directory",
+    ),
+    (["import-checkpoints", "{tmp}", "--task", "nosuch", "--out", "{tmp}/r/e/x"], "unknown task"),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "{tmp}/r/e/x"],
+        "no usable checkpoint",
+    ),
+    (
+        ["import-checkpoints", "{tmp}", "--task", "modadd", "--out", "{tmp}/r/../x"],
+        "invalid name",
+    ),
+    (
+        ["import-checkpoints", "{tmp}", "--model", "no_such_module_q:f", "--out", "{tmp}/r/e/x"],
+        "cannot import",
+    ),
+    (
+        [
+            "import-checkpoints",
+            "{tmp}",
+            "--task",
+            "modadd",
+            "--pattern",
+            "x(",
+            "--out",
+            "{tmp}/r/e/x",
+        ],
+        "regular expression",
+    ),
     # --- reproduce (checked before hours of training)
     (["reproduce", "--root", "{tmp}/r", "--out", "{file}/report.md"], "not a directory"),
     (["reproduce", "--root", "{tmp}/r", "--out", "{tmp}"], "is a directory"),
@@ -173,3 +213,17 @@ def test_a_fresh_process_prints_no_traceback(places, tmp_path, args):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_command_that_needs_torch_says_so_where_torch_is_missing(tmp_path):
+    # as in the trainmap-dashboard Docker image: ``None`` in sys.modules blocks the import
+    script = (
+        "import sys; sys.modules['torch'] = None; from trainmap.trainer import cli; "
+        f"sys.exit(cli.main(['train', '--task', 'modadd', '--preset', 'tiny', "
+        f"'--seeds', '0', '--out', {str(tmp_path / 'e')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trainmap train: error:") and "needs torch" in line, line
+    assert not (tmp_path / "e").exists()

@@ -37,6 +37,14 @@ SUBCOMMANDS = {
         "train modadd with and without LayerNorm, fit, compare and serve the dashboard",
     ),
     "runs": ("trainmap.trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "screenshots": (
+        "trainmap.app.screenshots",
+        "write the documentation's screenshots from the fitted runs under ROOT (needs selenium)",
+    ),
+    "import-checkpoints": (
+        "trainmap.trainer.checkpoints_cli",
+        "map a folder of saved checkpoints into ROOT/EXPERIMENT/RUN, without retraining",
+    ),
     "reproduce": (
         "trainmap.trainer.reproduce",
         "check the paper's claims on the quick presets; write docs/reproduction.md",
@@ -66,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return int(args.handler(args) or 0)
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        # the dashboard's Docker image (trainmap-dashboard) is built without torch
+        raise UserError(
+            f"`trainmap {args.command}` needs torch, which is not installed: pip install torch "
+            "(in Docker, run it in the trainmap image, not trainmap-dashboard)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        return run_command(args)
     except UserError as error:
         # one line, whatever the message holds (some name a command on a line of its own)
         print(f"trainmap {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)

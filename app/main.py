@@ -41,6 +41,7 @@ import flask
 from dash import ALL, Dash, Input, Output, State, dcc, html
 
 from trainmap.app import components, data
+from trainmap.trainer import rundir
 from trainmap.trainer.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -253,8 +254,10 @@ def create_app(
         raise UserError(f"root {root_path} is not a directory")
     cache_path = Path(cache_dir or os.environ.get("TRAINMAP_CACHE_DIR") or default_cache_dir())
     cache_path = secure_cache_dir(cache_path)  # the background fits' diskcache lives here too
-    for sub in ("views", "background"):
+    for sub in ("views", "background", "metrics"):
         secure_cache_dir(cache_path / sub)
+    # Runs on a read-only volume keep their columnar metrics caches here instead.
+    rundir.configure_metrics_cache(spare_dir=cache_path / "metrics")
     redis_url = redis_url or os.environ.get("TRAINMAP_CACHE_REDIS_URL") or None
     redis_password = os.environ.get("TRAINMAP_CACHE_REDIS_PASSWORD") or None
     if redis_url:

@@ -42,30 +42,45 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 
-def baseline(prepared, max_states, restarts, n_iter):
-    """The plain loop: one hmmlearn fit after another with hmmlearn's defaults.
+def baseline(prepared, max_states, restarts, n_iter, seed):
+    """The reference's procedure (visualizing_training.hmm.HMM.get_avg_log_likelihood).
 
-    Returns per n: mean held-out BIC over restarts (the paper's criterion), ICL
-    of the best restart (trainmap's default criterion) and mean EM iterations.
+    Each run's raw features z-scored on their own (``scipy.stats.zscore`` per
+    column, as ``HMM._prep_train_data``), then for n = 1..max_states and each
+    of ``restarts`` seeds one ``GaussianHMM(n_components=n, covariance_type=
+    "diag", n_iter=n_iter).fit(train)`` with every other argument at hmmlearn's
+    default (k-means init with ``n_init=10``, ``tol=1e-2``, ``random_state=None``,
+    i.e. numpy's global generator, seeded once here for repeatability), then
+    ``score``, ``aic`` and ``bic`` on the held-out runs. The reference selects n
+    by the held-out BIC averaged over seeds. The reference splits runs with
+    ``train_test_split(test_size=0.2)``; here both sides use trainmap's split,
+    so they fit and score the same runs.
+
+    Returns per n: mean held-out BIC, mean EM iterations.
     """
     from hmmlearn.hmm import GaussianHMM
+    from scipy.stats import zscore
 
-    X, lengths = prepared.stack(prepared.train)
-    Xh, lengths_h = prepared.stack(prepared.heldout)
+    def stack(which):
+        runs = [zscore(prepared.raw[i], axis=0) for i in which]
+        return np.vstack(runs), [len(r) for r in runs]
+
+    X, lengths = stack(prepared.train)
+    Xh, lengths_h = stack(prepared.heldout)
+    np.random.seed(seed)
     rows = []
     for n in range(1, max_states + 1):
-        fits = []
-        for r in range(restarts):
+        bics, iters = [], []
+        for _ in range(restarts):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = GaussianHMM(n, covariance_type="diag", n_iter=n_iter, random_state=r)
-                model.fit(X, lengths)
-                ll, post = model.score_samples(Xh, lengths_h)
-                bic = model.bic(Xh, lengths_h)
-            entropy = -np.sum(post[post > 0] * np.log(post[post > 0]))
-            fits.append((ll, bic, bic + 2 * entropy, model.monitor_.iter))
-        best = max(fits)  # the restart with the best held-out log-likelihood
-        rows.append((n, np.mean([f[1] for f in fits]), best[2], np.mean([f[3] for f in fits])))
+                model = GaussianHMM(n_components=n, covariance_type="diag", n_iter=n_iter)
+                model.fit(X, lengths=lengths)
+                model.score(Xh, lengths=lengths_h)
+                model.aic(Xh, lengths=lengths_h)
+                bics.append(model.bic(Xh, lengths=lengths_h))
+            iters.append(model.monitor_.iter)
+        rows.append((n, float(np.mean(bics)), float(np.mean(iters))))
     return rows
 
 

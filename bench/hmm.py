@@ -219,7 +219,11 @@ def sweep_section(args) -> None:
         f"({_list(t_base_all)} s), {np.median(cpu_base):.1f} s CPU"
     )
     print(f"  selects n = {n_base} by mean held-out BIC (the reference's criterion)")
-    print(f"trainmap, cold pool: {_list(t_cold)} s; warm pool: {_list(t_warm)} s")
+    print(
+        f"trainmap, cold pool: {_list(t_cold)} s; warm pool: {_list(t_warm)} s; "
+        f"baseline / trainmap (cold) per pair: "
+        f"{', '.join(f'{b / c:.1f}x' for b, c in zip(t_base_all, t_cold))}"
+    )
     for label, t in ablation:
         print(f"{label:<78} {t:6.1f} s  ({t_base / t:4.1f}x)")
     print(

@@ -114,7 +114,7 @@ class CLICluster:
         from dask.distributed import Client
 
         with Client(self.address, timeout=self.timeout) as client:
-            return client.scheduler_info(n_workers=-1)["workers"]
+            return client.scheduler_info()["workers"]
 
     def close(self) -> None:
         """Stop the workers, then the scheduler; escalate to SIGKILL if they hang."""

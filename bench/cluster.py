@@ -56,7 +56,7 @@ class MemoryWatch:
 
     def _run(self):
         while not self._stop.is_set():
-            for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
+            for address, info in self.client.scheduler_info()["workers"].items():
                 memory = int(info.get("metrics", {}).get("memory", 0))
                 self.peak[address] = max(self.peak.get(address, 0), memory)
             self._stop.wait(self.every)

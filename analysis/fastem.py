@@ -16,7 +16,9 @@ same fit hmmlearn would make (tests compare one EM step and the likelihoods):
 * the same M-step with hmmlearn's default priors (``covars_prior=1e-2``,
   ``covars_weight=1``, no prior on means, start or transitions);
 * the same stopping rule: stop after ``n_iter`` iterations or when the
-  log-likelihood improves by less than ``tol``.
+  log-likelihood improves by less than ``tol``;
+* the same scores: :func:`score_batch` gives hmmlearn's ``score`` and
+  ``score_samples`` for every restart in one pass.
 """
 
 from __future__ import annotations
@@ -38,17 +40,6 @@ def pad_runs(X: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, np.ndar
     mask = np.arange(T)[None, :] < lengths[:, None]
     out[mask] = X
     return out, mask
-
-
-def log_emissions(Xp: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """log N(x | mu_k, diag(var_k)) for every (fit, run, t, k), by matrix products.
-
-    ``means`` and ``variances`` are (S, K, F) for S fits at once; Xp is (R, T, F).
-    """
-    R, T, F = Xp.shape
-    return np.moveaxis(_log_emissions_flat(Xp.reshape(-1, F), means, variances), 1, 0).reshape(
-        len(means), R, T, -1
-    )
 
 
 def _log_emissions_flat(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:

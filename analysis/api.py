@@ -552,6 +552,11 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     Each is a dict with ``key``, ``created_at``, ``params``, ``selected_n`` (by
     the criterion it was fitted with), ``feasible_n``, ``n_runs``, ``path`` and
     ``current`` (True if the runs have not changed since the fit).
+
+    A run the fit never saw that is still being written does not make the fit
+    outdated: such a run is what predictions are for (``analysis.predict``), and
+    fitting it half-trained is not what a refit should do. Once it has finished
+    (or stopped), a refit would include it, so the fit is no longer current.
     """
     from trainmap.analysis import store
     from trainmap.trainer import rundir
@@ -559,8 +564,29 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     now = rundir.experiment_fingerprint(root, experiment)
     fits = store.list_saved(root, experiment)
     for fit in fits:
-        fit["current"] = fit.pop("runs_fingerprint") == now
+        saved = fit.pop("runs_fingerprint")
+        fit["current"] = saved == now or saved == _fingerprint_without_new_running_runs(
+            root, experiment, fit
+        )
     return fits
+
+
+def _fingerprint_without_new_running_runs(root, experiment, fit: dict) -> str | None:
+    from trainmap.analysis import store
+    from trainmap.trainer import rundir
+
+    seen = store.run_names_at_fit(fit)
+    if seen is None:
+        return None
+    folder = rundir.experiment_path(root, experiment)
+    new = {
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and child.name not in seen
+    }
+    if not new or any(rundir.summarize_run(folder / run).status != "running" for run in new):
+        return None
+    return rundir.experiment_fingerprint(root, experiment, ignore=new)
 
 
 def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> dict | None:

@@ -16,7 +16,9 @@ same fit hmmlearn would make (tests compare one EM step and the likelihoods):
 * the same M-step with hmmlearn's default priors (``covars_prior=1e-2``,
   ``covars_weight=1``, no prior on means, start or transitions);
 * the same stopping rule: stop after ``n_iter`` iterations or when the
-  log-likelihood improves by less than ``tol``.
+  log-likelihood improves by less than ``tol``;
+* the same scores: :func:`score_batch` gives hmmlearn's ``score`` and
+  ``score_samples`` for every restart in one pass.
 """
 
 from __future__ import annotations
@@ -40,67 +42,103 @@ def pad_runs(X: np.ndarray, lengths: Sequence[int]) -> tuple[np.ndarray, np.ndar
     return out, mask
 
 
-def log_emissions(Xp: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-    """log N(x | mu_k, diag(var_k)) for every (fit, run, t, k), by matrix products.
+def _log_emissions_flat(X: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """log N(x_i | mu_k, diag(var_k)) as an (N, S, K) array for rows X (N, F).
 
-    ``means`` and ``variances`` are (S, K, F) for S fits at once; Xp is (R, T, F).
+    The quadratic form expanded into one matrix product for all fits and
+    states, [x**2, x, 1] @ [prec; -2 mu prec; sum mu**2 prec + log det + F log 2pi],
+    instead of an (N, S, K, F) difference array.
     """
-    precision = 1.0 / variances  # (S, K, F)
-    quad = (
-        (Xp**2)[None] @ np.swapaxes(precision, 1, 2)[:, None]
-        - 2.0 * Xp[None] @ np.swapaxes(means * precision, 1, 2)[:, None]
-        + (means**2 * precision).sum(axis=2)[:, None, None, :]
+    S, K, F = means.shape
+    precision = (1.0 / variances).reshape(-1, F)  # (S*K, F)
+    mu = means.reshape(-1, F)
+    constant = (mu**2 * precision).sum(axis=1) + np.log(variances).reshape(-1, F).sum(axis=1)
+    weights = np.concatenate(
+        [precision.T, -2.0 * (mu * precision).T, (constant + F * math.log(2 * math.pi))[None]]
     )
-    log_det = np.log(variances).sum(axis=2)[:, None, None, :]
-    return -0.5 * (Xp.shape[-1] * math.log(2 * math.pi) + log_det + quad)
+    design = np.concatenate([X**2, X, np.ones((len(X), 1))], axis=1)
+    return (-0.5 * (design @ weights)).reshape(len(X), S, K)
 
 
-def e_step_batch(Xp, mask, startprob, transmat, means, variances):
+def e_step_batch(
+    Xp, mask, startprob, transmat, means, variances, *, posteriors=False, forward_only=False
+):
     """Forward-backward for S fits and all runs at once (leading axis S).
 
     Each time step is one batched matrix product for every fit and run, so the
-    Python loop over time is paid once for all of them. Returns the
+    Python loop over time is paid once for all of them. The recursions keep
+    time as the outer axis, (T, S, R, K), so that every step reads and writes
+    contiguous blocks in place (no copies or temporaries per step: with a few
+    states and runs a step is dominated by per-call overhead). Returns the
     log-likelihood per fit (S,) and the sufficient statistics of hmmlearn's
-    M-step, each with a leading S axis: start, trans, post, obs, obs**2.
+    M-step, each with a leading S axis: start, trans, post, obs, obs**2; with
+    ``posteriors``, the state posteriors (S, R, T, K) instead of the statistics;
+    with ``forward_only``, the log-likelihoods alone (no backward pass).
     """
-    S = len(startprob)
-    R, T, _ = Xp.shape
-    log_b = log_emissions(Xp, means, variances)  # (S, R, T, K)
-    shift = log_b.max(axis=3, keepdims=True)  # per-row scaling keeps exp() in range
-    B = np.exp(log_b - shift)
+    S, K = startprob.shape
+    R, T, F = Xp.shape
+    Xt = np.ascontiguousarray(np.swapaxes(Xp, 0, 1)).reshape(-1, F)  # rows in (t, r) order
+    mask_t = np.ascontiguousarray(mask.T)  # (T, R)
+    log_b = _log_emissions_flat(Xt, means, variances).reshape(T, R, S, K).swapaxes(1, 2)
+    shift = log_b.max(axis=3)  # (T, S, R): per-row scaling keeps exp() in range
+    B = np.exp(log_b - shift[..., None])  # (T, S, R, K), contiguous
     alpha = np.empty_like(B)
-    scale = np.ones((S, R, T))
-    a = startprob[:, None, :] * B[:, :, 0]
-    scale[:, :, 0] = a.sum(axis=2)
-    alpha[:, :, 0] = a / scale[:, :, 0, None]
+    # Per-step scales and their inverses, kept (T, S, R, 1) so that every
+    # step broadcasts without building views; sums over states are products
+    # with a ones vector (several times faster than .sum on small blocks).
+    scale = np.empty((T, S, R, 1))
+    inv_scale = np.empty_like(scale)
+    ones = np.ones((K, 1))
     ragged = not mask.all()
-    for t in range(1, T):
-        a = (alpha[:, :, t - 1] @ transmat) * B[:, :, t]
-        st = np.maximum(a.sum(axis=2), 1e-300)
+    ended = ~mask_t[:, None, :, None]  # (T, 1, R, 1): rows past a run's end
+    np.multiply(startprob[:, None, :], B[0], out=alpha[0])
+    for t in range(T):
+        a, st = alpha[t], scale[t]
+        if t:
+            np.matmul(alpha[t - 1], transmat, out=a)
+            a *= B[t]
+        np.matmul(a, ones, out=st)
+        np.maximum(st, 1e-300, out=st)
         if ragged:  # rows past a run's end: neutral scale, excluded below
-            st = np.where(mask[None, :, t], st, 1.0)
-        scale[:, :, t] = st
-        alpha[:, :, t] = a / st[..., None]
-    beta = np.ones_like(B)
-    trans_t = np.swapaxes(transmat, 1, 2)
+            np.copyto(st, 1.0, where=ended[t])
+        np.divide(1.0, st, out=inv_scale[t])
+        a *= inv_scale[t]
+    inside = mask_t[:, None, :]  # (T, 1, R)
+    log_likelihood = ((np.log(scale[..., 0]) + shift) * inside).sum(axis=(0, 2))
+    if forward_only:
+        return log_likelihood, None
+    beta = np.empty_like(B)
+    beta[T - 1] = 1.0
+    trans_t = np.ascontiguousarray(np.swapaxes(transmat, 1, 2))
+    step = np.empty_like(B[0])
     for t in range(T - 2, -1, -1):
-        b = ((B[:, :, t + 1] * beta[:, :, t + 1]) @ trans_t) / scale[:, :, t + 1, None]
-        beta[:, :, t] = np.where(mask[None, :, t + 1, None], b, 1.0) if ragged else b
-    log_likelihood = ((np.log(scale) + shift[..., 0]) * mask[None]).sum(axis=(1, 2))
+        b = beta[t]
+        np.multiply(B[t + 1], beta[t + 1], out=step)
+        np.matmul(step, trans_t, out=b)
+        b *= inv_scale[t + 1]
+        if ragged:
+            np.copyto(b, 1.0, where=ended[t + 1])
 
-    gamma = alpha * beta * mask[None, :, :, None]
-    gamma /= np.maximum(gamma.sum(axis=3, keepdims=True), 1e-300)
+    gamma = alpha * beta
+    gamma *= inside[..., None]
+    gamma /= np.maximum(gamma @ ones, 1e-300)
+    if posteriors:
+        return log_likelihood, np.ascontiguousarray(gamma.transpose(1, 2, 0, 3))
     # Expected transitions: sum_t alpha_{t-1}(i) A_ij B_t(j) beta_t(j) / c_t.
-    weighted = B[:, :, 1:] * beta[:, :, 1:] / scale[:, :, 1:, None] * mask[None, :, 1:, None]
-    trans = transmat * np.einsum("srti,srtj->sij", alpha[:, :, :-1], weighted)
-    flat_gamma = gamma.reshape(S, -1, gamma.shape[3])  # (S, R*T, K)
-    flat_x = Xp.reshape(-1, Xp.shape[2])
+    weighted = B[1:] * beta[1:]
+    weighted *= inv_scale[1:]
+    weighted *= inside[1:, ..., None]
+    # (S, rows, K) blocks per fit, so each statistic is one batched product.
+    left = np.moveaxis(alpha[:-1], 1, 0).reshape(S, -1, K)
+    right = np.moveaxis(weighted, 1, 0).reshape(S, -1, K)
+    trans = transmat * (np.swapaxes(left, 1, 2) @ right)
+    flat_gamma = np.swapaxes(np.moveaxis(gamma, 1, 0).reshape(S, -1, K), 1, 2)  # (S, K, T*R)
     stats = {
-        "start": gamma[:, :, 0].sum(axis=1),
+        "start": gamma[0].sum(axis=1),
         "trans": trans,
-        "post": flat_gamma.sum(axis=1),
-        "obs": np.swapaxes(flat_gamma, 1, 2) @ flat_x,
-        "obs**2": np.swapaxes(flat_gamma, 1, 2) @ flat_x**2,
+        "post": flat_gamma.sum(axis=2),
+        "obs": flat_gamma @ Xt,
+        "obs**2": flat_gamma @ Xt**2,
     }
     return log_likelihood, stats
 
@@ -180,6 +218,34 @@ def _e_step_chunks(chunks, *params):
             total = total + ll
             stats = {key: stats[key] + part[key] for key in stats}
     return total, stats
+
+
+def score_batch(X, lengths, fits, *, posteriors=False, max_elements=3_000_000):
+    """hmmlearn's ``score`` (or ``score_samples``) for several diagonal HMMs at once.
+
+    ``fits`` is a list of dicts with startprob, transmat, means and covars
+    (variances), as :func:`fit_diag_batch` returns them. Returns the total
+    log-likelihood of X per fit, and with ``posteriors`` also each fit's state
+    posteriors as stacked rows (len(X), n), hmmlearn's ``score_samples``. A fit
+    with non-finite parameters gets a non-finite score; the others are unaffected.
+    """
+    X = np.asarray(X, dtype=float)
+    names = ("startprob", "transmat", "means", "covars")
+    params = [np.stack([np.asarray(f[name], dtype=float) for f in fits]) for name in names]
+    n_states = params[0].shape[1]
+    total = np.zeros(len(fits))
+    parts = []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        for Xp, mask in chunk_runs(X, lengths, len(fits), n_states, max_elements):
+            ll, gamma = e_step_batch(
+                Xp, mask, *params, posteriors=posteriors, forward_only=not posteriors
+            )
+            total += ll
+            if posteriors:
+                parts.append(gamma[:, mask])  # (S, rows of this group, n)
+    if not posteriors:
+        return total
+    return total, list(np.concatenate(parts, axis=1))
 
 
 def fit_diag_batch(X, lengths, starts, *, n_iter=100, tol=1e-2, max_elements=3_000_000):

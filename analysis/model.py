@@ -180,14 +180,17 @@ def _residual_lag1(model_means, X, lengths, posteriors) -> float:
     return float(np.mean(lag1_autocorrelation(runs)))
 
 
-def _score(record, model, arrays, X, lengths, X_held, lengths_held, converged, n_done):
-    """Fill ``record`` with likelihoods and criteria of a fitted model (raises if degenerate)."""
+def _score(record, arrays, scores, held_lengths, converged, n_done):
+    """Fill ``record`` with likelihoods and criteria of a fitted model (raises if degenerate).
+
+    ``scores`` is (train log-likelihood, held-out log-likelihood, held-out
+    posteriors, held-out rows), the held-out rows being the train rows when
+    there are no held-out runs.
+    """
     p = record["n_params"]
     if not all(np.isfinite(v).all() for v in arrays.values()):
         raise ValueError("degenerate fit: non-finite parameters")
-    train_ll = float(model.score(X, lengths))
-    held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
-    held_ll, posteriors = model.score_samples(held, held_lengths)
+    train_ll, held_ll, posteriors, held = scores
     if not (np.isfinite(train_ll) and np.isfinite(held_ll)):
         raise ValueError("degenerate fit: non-finite log-likelihood")
     T = len(held)
@@ -197,7 +200,7 @@ def _score(record, model, arrays, X, lengths, X_held, lengths_held, converged, n
         entropy = -np.nansum(np.where(posteriors > 0, posteriors * np.log(posteriors), 0.0))
     record.update(
         ok=True,
-        train_ll=train_ll,
+        train_ll=float(train_ll),
         heldout_ll=float(held_ll),
         heldout_rows=T,
         heldout_runs=len(held_lengths),
@@ -239,7 +242,6 @@ def fit_restarts(
     :mod:`analysis.fastem`, the same algorithm as hmmlearn's; otherwise, or
     when the data are too large to batch, each restart is ``GaussianHMM.fit``.
     """
-    from hmmlearn.hmm import GaussianHMM
     from threadpoolctl import threadpool_limits
 
     from trainmap.analysis import fastem
@@ -263,6 +265,7 @@ def fit_restarts(
         and covariance_type == "diag"
         and len(restarts) * max(lengths) * n_states <= BATCH_LIMIT  # one run fits
     )
+    held, held_lengths = (X_held, lengths_held) if len(X_held) else (X, lengths)
     # One BLAS/OpenMP thread per fit: the sweep is parallel across fits
     # already, and oversubscribed threads only slow it down. hmmlearn warns
     # (not raises) on some degenerate cases; _score checks for them.
@@ -277,6 +280,13 @@ def fit_restarts(
                 fits = fastem.fit_diag_batch(
                     X, lengths, starts, n_iter=n_iter, tol=tol, max_elements=BATCH_LIMIT
                 )
+                # Every restart scored in one pass each (hmmlearn's score and
+                # score_samples, batched; tested equal).
+                fitted = [arrays for arrays, _, _ in fits]
+                train_ll = fastem.score_batch(X, lengths, fitted, max_elements=BATCH_LIMIT)
+                held_ll, posteriors = fastem.score_batch(
+                    held, held_lengths, fitted, posteriors=True, max_elements=BATCH_LIMIT
+                )
             except Exception:  # e.g. k-means on degenerate data: try one by one
                 batched = False
         for i, record in enumerate(records):
@@ -284,45 +294,28 @@ def fit_restarts(
             try:
                 if batched:
                     arrays, history, converged = fits[i]
-                    model = make_model(arrays, covariance_type)
+                    scores = (train_ll[i], held_ll[i], posteriors[i], held)
                     n_done = len(history)
                 else:
-                    model = GaussianHMM(
-                        n_components=n_states,
-                        covariance_type=covariance_type,
-                        n_iter=n_iter,
-                        tol=tol,
-                        random_state=1000 * seed + record["restart"],
-                        init_params="",
-                    )
-                    # hmmlearn's own initialisation, with kmeans_n_init k-means runs.
-                    start = fastem.init_params(
-                        X,
-                        n_states,
-                        1000 * seed + record["restart"],
-                        n_init=kmeans_n_init,
-                        full=covariance_type == "full",
-                    )
-                    model.n_features = X.shape[1]
-                    model.startprob_, model.transmat_, model.means_ = start[:3]
-                    model.covars_ = start[3]
-                    model.fit(X, lengths)
+                    model = _fit_hmmlearn(
+                        X, lengths, n_states, 1000 * seed + record["restart"],
+                        covariance_type, n_iter, tol, kmeans_n_init,
+                    )  # fmt: skip
+                    arrays = model_arrays(model)
                     # hmmlearn's monitor_.converged is also True when n_iter ran
                     # out; we report convergence only if the tolerance was reached.
                     history = list(model.monitor_.history)
                     converged = len(history) >= 2 and history[-1] - history[-2] < tol
                     n_done = model.monitor_.iter
-                _score(
-                    record,
-                    model,
-                    model_arrays(model),
-                    X,
-                    lengths,
-                    X_held,
-                    lengths_held,
-                    converged,
-                    n_done,
-                )
+                    if all(np.isfinite(v).all() for v in arrays.values()):
+                        scores = (
+                            model.score(X, lengths),
+                            *model.score_samples(held, held_lengths),
+                            held,
+                        )
+                    else:
+                        scores = (np.nan, np.nan, None, held)
+                _score(record, arrays, scores, held_lengths, converged, n_done)
             except Exception as error:  # a failed fit is data for the sweep table
                 record["error"] = f"{type(error).__name__}: {error}"
             record["seconds"] = time.perf_counter() - one_started
@@ -331,6 +324,29 @@ def fit_restarts(
         for record in records:
             record["seconds"] += shared
     return records
+
+
+def _fit_hmmlearn(X, lengths, n_states, random_state, covariance_type, n_iter, tol, n_init):
+    """One ``GaussianHMM.fit`` from hmmlearn's initialisation with ``n_init`` k-means runs."""
+    from hmmlearn.hmm import GaussianHMM
+
+    from trainmap.analysis import fastem
+
+    model = GaussianHMM(
+        n_components=n_states,
+        covariance_type=covariance_type,
+        n_iter=n_iter,
+        tol=tol,
+        random_state=random_state,
+        init_params="",
+    )
+    start = fastem.init_params(
+        X, n_states, random_state, n_init=n_init, full=covariance_type == "full"
+    )
+    model.n_features = X.shape[1]
+    model.startprob_, model.transmat_, model.means_ = start[:3]
+    model.covars_ = start[3]
+    return model.fit(X, lengths)
 
 
 def fit_one(X, lengths, X_held, lengths_held, n_states, restart, **kwargs) -> dict:

@@ -138,3 +138,46 @@ def test_runs_in_groups_give_the_same_fit():
     for (a, ha, _), (b, hb, _) in zip(whole, grouped):
         assert ha == pytest.approx(hb, rel=1e-12)
         assert all(np.allclose(a[key], b[key], atol=1e-10) for key in a)
+
+
+def test_batched_scores_are_hmmlearns_scores():
+    """fastem.score_batch gives hmmlearn's score and score_samples for every fit at once."""
+    from trainmap.analysis.fastem import score_batch
+
+    X, _ = small_data()
+    X[4] = X[4][:37]  # ragged runs
+    stacked, lengths = np.concatenate(X), [len(x) for x in X]
+    models = [
+        GaussianHMM(n, covariance_type="diag", n_iter=5, random_state=r).fit(stacked, lengths)
+        for n, r in ((3, 0), (3, 1))
+    ]
+    fits = [model_arrays(m) for m in models]
+    fits.append({key: np.full_like(value, np.nan) for key, value in fits[0].items()})
+    # groups of runs (max_elements) give the same as all runs at once
+    for limit in (3_000_000, 700):
+        total = score_batch(stacked, lengths, fits, max_elements=limit)
+        held, posteriors = score_batch(stacked, lengths, fits, posteriors=True, max_elements=limit)
+        for i, model in enumerate(models):
+            ll, post = model.score_samples(stacked, lengths)
+            assert total[i] == pytest.approx(model.score(stacked, lengths), rel=1e-12)
+            assert held[i] == pytest.approx(ll, rel=1e-12)
+            assert np.allclose(posteriors[i], post, atol=1e-10)
+        assert not np.isfinite(total[2])  # a degenerate fit fails alone
+
+
+def test_numpy_and_hmmlearn_engines_give_the_same_records():
+    """The batched sweep task (numpy engine) scores as hmmlearn's fits would."""
+    from trainmap.analysis.model import fit_restarts
+
+    X, _ = small_data()
+    train, lengths = np.concatenate(X[:4]), [len(x) for x in X[:4]]
+    held, held_lengths = np.concatenate(X[4:]), [len(x) for x in X[4:]]
+    common = dict(n_iter=15, tol=1e-3, seed=2)
+    ours = fit_restarts(train, lengths, held, held_lengths, 3, [0, 1], engine="numpy", **common)
+    theirs = fit_restarts(
+        train, lengths, held, held_lengths, 3, [0, 1], engine="hmmlearn", **common
+    )
+    for a, b in zip(ours, theirs):
+        assert a["ok"] and b["ok"] and a["n_iter"] == b["n_iter"]
+        for key in ("train_ll", "heldout_ll", "bic", "icl", "entropy", "lag1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-8), key

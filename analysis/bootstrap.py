@@ -1,6 +1,6 @@
 """How stable a training map is: resample the runs, refit, compare (a bootstrap over runs).
 
-METHOD.md section 4, "Uncertainty". A map is fitted to one set of seeds; another
+docs/method.md section 4, "Uncertainty". A map is fitted to one set of seeds; another
 set of seeds of the same experiment could have given another number of states,
 other states or other edges. The bootstrap estimates how likely that is by
 treating the runs as the sample: every resample draws the runs with

@@ -1,6 +1,6 @@
 """What every metric column means, in words: one glossary for the CLI and the dashboard.
 
-The trainer writes the 14 weight statistics of METHOD.md §1 once for all hook
+The trainer writes the 14 weight statistics of docs/method.md §1 once for all hook
 points together (``l2``) and once per hook point (``blocks.0.mlp/l2``), plus the
 scalars a training loop logs (``eval_acc``). :func:`describe` turns any such
 column into a display name, a one-line definition and a unit, so a table, a
@@ -26,7 +26,7 @@ class Entry:
     unit: str = ""  # "" where the value has no unit (a ratio, a count of matrices, ...)
 
 
-# Weight statistics (METHOD.md §1), averaged over the K weight matrices of the hook points.
+# Weight statistics (docs/method.md §1), averaged over the K weight matrices of the hook points.
 _MATRIX = {
     "l1": ("L1", "L1 norm", "sum of absolute weights of a matrix"),
     "l2": ("L2", "L2 (Frobenius) norm", "square root of the sum of squared weights of a matrix"),

@@ -1,6 +1,6 @@
 """The model sweep: Gaussian HMMs for n = 1..max_states, several restarts each.
 
-METHOD.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
+docs/method.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
 sweep runs them in parallel through joblib (local processes by default, or a
 dask.distributed cluster). With the default "numpy" engine (diagonal
 covariances) the restarts of one n are one joblib task: their EM iterations run
@@ -11,7 +11,7 @@ its own task. A fit that fails (degenerate covariance, too few points) is
 recorded as a failure in the sweep table and never stops the sweep.
 
 The estimator :class:`StateSelector` follows scikit-learn conventions (see
-STYLE.md section 2): ``__init__`` only stores parameters, ``fit`` validates,
+its developer guide): ``__init__`` only stores parameters, ``fit`` validates,
 runs the sweep and returns ``self``; learned attributes end in ``_``.
 """
 
@@ -350,7 +350,7 @@ def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
         row["seconds"] = float(sum(r["seconds"] for r in mine))
         row["error"] = next((r["error"] for r in mine if r["error"]), "")
         if good:
-            best = max(good, key=lambda r: r["heldout_ll"])  # the best restart (METHOD 2.5)
+            best = max(good, key=lambda r: r["heldout_ll"])  # best restart, method.md §2.5
             for key in ("heldout_ll", "aic", "bic"):
                 values = np.array([r[key] for r in good])
                 row[f"{key}_mean"] = float(values.mean())

@@ -1,6 +1,6 @@
 """Data preparation: from an experiment's runs to z-scored feature sequences.
 
-METHOD.md section 2, steps 1-3. Runs are read only through ``trainer.rundir``.
+docs/method.md section 2, steps 1-3. Runs are read only through ``trainer.rundir``.
 The result, :class:`Prepared`, holds one array per run (rows = checkpoints in
 step order, columns = features) plus what is needed to explain and undo the
 scaling, and the train / held-out split of the runs.

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# The paper's 14 HMM features, in the order of METHOD.md section 1.
+# The paper's 14 HMM features, in the order of docs/method.md section 1.
 PAPER_FEATURES = (
     "l1",
     "l2",
@@ -66,7 +66,7 @@ def default_branches(n_states: int) -> list[list[int]]:
     Every run starts in state 0 and ends in state ``n_states - 1``. With three or
     more states the map forks: a main branch ``0, 1, ..., K-3, K-1`` and a detour
     branch ``0, K-2, 1, ..., K-3, K-1`` that visits an extra state and therefore
-    converges later (a detour state in the sense of METHOD.md section 4).
+    converges later (a detour state in the sense of docs/method.md section 4).
     For 4 states: ``[[0, 1, 3], [0, 2, 1, 3]]``.
     """
     if n_states < 1:

@@ -1,4 +1,4 @@
-"""Every registered metric against an independent numpy computation (METHOD.md §1).
+"""Every registered metric against an independent numpy computation (docs/method.md §1).
 
 Parametrized over the registry, Cockpit-style: a metric added to
 ``trainer.metrics`` without a numpy reference here makes

@@ -1,4 +1,4 @@
-"""The metric registry: weight statistics per checkpoint, exactly as METHOD.md §1 defines them.
+"""The metric registry: weight statistics per checkpoint, exactly as docs/method.md §1 defines them.
 
 Two kinds of small pure functions, each registered by a decorator, so adding a
 metric is adding one function:
@@ -156,7 +156,7 @@ WEIGHT_COLUMNS = (
     *(f"{name}_w" for name in VALUE_METRICS),
     *(f"{name}_b" for name in VALUE_METRICS),
 )
-"""The 14 weight-statistics columns (the paper's HMM features), in METHOD.md order."""
+"""The 14 weight-statistics columns (the paper's HMM features), in docs/method.md order."""
 
 SCALAR_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc", "grad_sym", "dist_irr")
 """The other 6 of the 20 metrics: logged by the training loop, not computed from weights."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from trainmap.trainer.columns import MATRIX_STATISTICS, SCALAR_COLUMNS, VALUE_STATISTICS
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -88,16 +90,20 @@ _SCALARS = {
 
 
 def _base_entries() -> dict[str, Entry]:
+    # Keyed by trainer.columns' names: a column without words here fails at import.
     entries = {}
-    for column, (short, name, definition) in _MATRIX.items():
+    for column in MATRIX_STATISTICS:
+        short, name, definition = _MATRIX[column]
         entries[column] = Entry(column, short, name, definition + ", averaged over matrices")
-    for value, (word, phrase) in _VALUES.items():
+    for value in VALUE_STATISTICS:
+        word, phrase = _VALUES[value]
         for suffix, (kind, kinds) in _KIND.items():
             column = f"{value}_{suffix}"
             entries[column] = Entry(
                 column, f"{kind} {word}", f"{kind} {word}", f"{phrase} {kinds} concatenated"
             )
-    for column, (short, name, definition, unit) in _SCALARS.items():
+    for column in SCALAR_COLUMNS:
+        short, name, definition, unit = _SCALARS[column]
         entries[column] = Entry(column, short, name, definition, unit)
     return entries
 

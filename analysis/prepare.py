@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from trainmap.analysis.synthetic import PAPER_FEATURES
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 NORMALIZATIONS = ("per_run", "pooled")
 # Chosen by the selection study in docs/selection.md.
@@ -143,7 +143,7 @@ def prepare_frames(
     def present(name: str) -> bool:
         return any(name in f.columns and f[name].notna().any() for f in frames.values())
 
-    wanted = list(PAPER_FEATURES if features is None else features)
+    wanted = list(WEIGHT_COLUMNS if features is None else features)
     if len(set(wanted)) != len(wanted):
         raise PrepareError(f"features listed twice: {wanted}")
     chosen = [f for f in wanted if present(f)]

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from trainmap.app import evidence
+from trainmap.trainer.columns import INDEX_COLUMNS
 
 # Colour-blind friendly (Okabe-Ito, then Tableau) so up to ~12 states stay distinct.
 PALETTE = (
@@ -729,7 +730,7 @@ def metric_band(frames: Iterable[pd.DataFrame], metric: str) -> pd.DataFrame:
 
 def metric_columns(columns: Iterable[str]) -> list[str]:
     """Metric columns a user can plot: everything but the index columns."""
-    return [c for c in columns if c not in ("epoch", "step")]
+    return [c for c in columns if c not in INDEX_COLUMNS]
 
 
 def progress_figure(frames: Mapping[str, pd.DataFrame], metric: str) -> go.Figure:

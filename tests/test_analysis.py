@@ -19,9 +19,10 @@ from sklearn.metrics import adjusted_rand_score
 from trainmap.analysis import api, store
 from trainmap.analysis.model import DEFAULT_CRITERION, select_n
 from trainmap.analysis.prepare import DEFAULT_NORMALIZE, PrepareError, prepare_frames, split_runs
-from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
 from trainmap.trainer import rundir
 from trainmap.trainer.cli import main as trainmap
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 SEED = 0
 print(f"analysis tests: synthetic seed {SEED}")
@@ -89,8 +90,8 @@ def test_synthetic_writer_round_trip(tmp_path):
     assert not broken and [r.name for r in runs] == truth.run_names
     for i, run in enumerate(runs):
         assert list(run.metrics.columns[:2]) == ["epoch", "step"]
-        assert set(PAPER_FEATURES) <= set(run.metrics.columns)
-        assert np.allclose(run.metrics[list(PAPER_FEATURES)].to_numpy(), memory.X[i])
+        assert set(WEIGHT_COLUMNS) <= set(run.metrics.columns)
+        assert np.allclose(run.metrics[list(WEIGHT_COLUMNS)].to_numpy(), memory.X[i])
         assert np.array_equal(truth.paths[i], memory.paths[i])
         assert run.metrics["eval_acc"].max() >= 0.9
     assert truth.convergence_epoch == memory.convergence_epoch
@@ -183,7 +184,7 @@ def test_map_contents(experiment):
     assert any("mean_b" in w for w in caught)  # biases dropped with a warning
     assert any("seed-11" in w for w in caught)  # the diverged run named
     assert "truncated" in result.excluded_runs["seed-11"]
-    assert result.feature_names == [f for f in PAPER_FEATURES if not f.endswith("_b")]
+    assert result.feature_names == [f for f in WEIGHT_COLUMNS if not f.endswith("_b")]
     assert set(result.maps) == set(result.sweep.loc[result.sweep.feasible, "n"])
     for n, m in result.maps.items():
         assert m.n_states == n and len(m.states) == n
@@ -214,7 +215,7 @@ def test_infeasible_n_is_recorded_not_raised():
     # 2 train runs x 12 checkpoints = 24 rows; with 3 features (diag) n=1 has 6
     # free parameters, n=2 15, n=3 26 and n=4 39: n >= 3 cannot be identified.
     truth = make_synthetic(3, 12, seed=1, n_states=2, n_features=3)
-    prepared = prepare_frames(frames_of(truth), features=list(PAPER_FEATURES[:3]), heldout=0.34)
+    prepared = prepare_frames(frames_of(truth), features=list(WEIGHT_COLUMNS[:3]), heldout=0.34)
     result, _ = api.fit_prepared(prepared, max_states=4, restarts=2, workers=1)
     sweep = result.sweep.set_index("n")
     assert sweep.loc[1, "feasible"] and sweep.loc[2, "feasible"]
@@ -228,7 +229,7 @@ def test_infeasible_n_is_recorded_not_raised():
 
 def test_fixed_seed_is_deterministic():
     truth = make_synthetic(6, 60, seed=2, n_states=3, n_features=5)
-    prepared = prepare_frames(frames_of(truth), features=list(PAPER_FEATURES[:5]))
+    prepared = prepare_frames(frames_of(truth), features=list(WEIGHT_COLUMNS[:5]))
     a, arrays_a = api.fit_prepared(prepared, max_states=3, restarts=2, workers=1, seed=7)
     b, arrays_b = api.fit_prepared(prepared, max_states=3, restarts=2, workers=2, seed=7)
     pd.testing.assert_frame_equal(a.sweep.drop(columns="seconds"), b.sweep.drop(columns="seconds"))

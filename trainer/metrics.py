@@ -9,6 +9,10 @@ metric is adding one function:
 * **value metrics** take a flat tensor of values and return a scalar; they are
   applied to all weights (``mean_w``) and to all biases (``mean_b``).
 
+A function's name is its column's; ``trainer.columns`` lists the same names
+without torch, for the analysis and the dashboard (tests/test_metrics.py checks
+that the two agree).
+
 :class:`WeightMetrics` finds the matrices and biases of the chosen hook points
 once, then on every call computes ONE ``torch.linalg.svdvals`` per matrix,
 batched across matrices of the same shape (a matrix and its transpose have the
@@ -36,13 +40,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 from trainmap.trainer.errors import UserError
 
 __all__ = [
     "MATRIX_METRICS",
     "VALUE_METRICS",
-    "WEIGHT_COLUMNS",
-    "SCALAR_COLUMNS",
     "HookPointError",
     "WeightMetrics",
     "resolve_hook_points",
@@ -149,17 +152,6 @@ def median(values: Tensor) -> Tensor:
 def var(values: Tensor) -> Tensor:
     centred = values.double() - mean(values)
     return centred.square().mean()  # ddof=0
-
-
-WEIGHT_COLUMNS = (
-    *MATRIX_METRICS,
-    *(f"{name}_w" for name in VALUE_METRICS),
-    *(f"{name}_b" for name in VALUE_METRICS),
-)
-"""The 14 weight-statistics columns (the paper's HMM features), in docs/method.md order."""
-
-SCALAR_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc", "grad_sym", "dist_irr")
-"""The other 6 of the 20 metrics: logged by the training loop, not computed from weights."""
 
 
 # ------------------------------------------------------- finding the weights

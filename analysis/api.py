@@ -5,6 +5,9 @@
   training map for every feasible n;
 * :func:`load_fit` returns the saved fit for the same request, or None; it
   never computes;
+* :func:`latest_fit` returns the fit to show for an experiment (the newest
+  saved one, marked ``stale`` if the runs changed since), or None; it never
+  computes;
 * :func:`list_fits` lists the saved fits of an experiment;
 * :func:`fit_prepared` does the work on already prepared data (synthetic
   studies, benchmarks).
@@ -561,6 +564,31 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     for fit in fits:
         fit["current"] = fit.pop("runs_fingerprint") == now
     return fits
+
+
+def latest_fit(root: str | os.PathLike, experiment: str) -> FitResult | None:
+    """The fit to show for ``root/experiment``, or None if it has no saved fit; never computes.
+
+    The newest saved fit whose runs are unchanged, loaded with the parameters it
+    was made with (``trainmap fit`` options included); failing that the newest
+    readable saved fit with ``stale=True``: the runs changed since (e.g. still
+    training), so the dashboard and ``trainmap compare`` can say so.
+    """
+    from trainmap.analysis import store
+
+    saved = list_fits(root, experiment)
+    for candidate in saved:
+        if candidate["current"]:
+            fit = load_fit(root, experiment, **candidate["params"])
+            if fit is not None:
+                return fit
+    for candidate in saved:
+        found = store.find_fit(root, experiment, candidate["key"])
+        if found is not None:
+            fit = found[0]
+            fit.loaded = fit.stale = True
+            return fit
+    return None
 
 
 def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> dict | None:

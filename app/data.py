@@ -17,8 +17,6 @@ can reach a path outside it.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -40,8 +38,6 @@ cache = Cache()
 _LOCAL_FITS: OrderedDict = OrderedDict()
 _LOCAL_FITS_SIZE = 3
 _LOCAL_LOCK = threading.Lock()
-
-FITS_DIR = ".fits"
 
 # Set by create_app: the root a background fit (a forked process without
 # Flask's app context) works in. Never taken from the browser.
@@ -100,26 +96,6 @@ def data_fingerprint(root: str, experiment: str) -> str:
     return rundir.experiment_fingerprint(root, experiment)
 
 
-def fits_fingerprint(root: str, experiment: str) -> str:
-    """Changes whenever a saved fit appears or changes (names, sizes, mtimes).
-
-    Only stats files under ``EXPERIMENT/.fits``; reading them is analysis's job.
-    """
-    fits = rundir.experiment_path(root, experiment) / FITS_DIR
-    digest = hashlib.sha256()
-    if fits.is_dir() and not fits.is_symlink():  # analysis refuses a linked .fits too
-        for dirpath, dirnames, filenames in os.walk(fits):
-            dirnames.sort()
-            for name in sorted(filenames):
-                try:
-                    stat = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                rel = os.path.relpath(os.path.join(dirpath, name), fits)
-                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 # A page load fires several callbacks at once, each needing the fingerprint,
 # which stats two files per run (~25 ms for 400 runs). Each process reuses a
 # fingerprint for this many seconds, so changes on disk show up at most this
@@ -135,7 +111,9 @@ def fingerprint(root: str, experiment: str) -> str:
     cached = _FINGERPRINTS.get(key)
     if cached is not None and now - cached[0] < FINGERPRINT_TTL:
         return cached[1]
-    value = f"{data_fingerprint(root, experiment)}-{fits_fingerprint(root, experiment)}"
+    from trainmap import analysis  # where the fits are stored is analysis's business
+
+    value = f"{data_fingerprint(root, experiment)}-{analysis.fits_fingerprint(root, experiment)}"
     _FINGERPRINTS[key] = (now, value)
     return value
 
@@ -246,36 +224,11 @@ def metric_band(root: str, experiment: str, fp: str, metric: str) -> pd.DataFram
 # ----------------------------------------------------------------- fits
 
 
-def _load_fit_uncached(root: str, experiment: str):
-    """The fit to show, through the analysis API (never computes), or None.
-
-    The newest saved fit whose runs are unchanged is loaded with the parameters
-    it was made with (``trainmap fit`` options included). If every saved fit is
-    older than the runs (e.g. runs still training), the newest one is shown and
-    marked ``stale`` so the pages can say so.
-    """
-    from trainmap import analysis  # the app draws fits, analysis computes and stores them
-    from trainmap.analysis import store
-
-    saved = analysis.list_fits(root, experiment)
-    current = [fit for fit in saved if fit["current"]]
-    if current:
-        fit = analysis.load_fit(root, experiment, **current[0]["params"])
-        if fit is not None:
-            fit.stale = False
-            return fit
-    for candidate in saved:
-        found = store.find_fit(root, experiment, candidate["key"])
-        if found is not None:
-            fit = found[0]
-            fit.stale = True
-            return fit
-    return None
-
-
 @cache.memoize()
 def _fit_result_shared(root: str, experiment: str, fp: str):
-    return _load_fit_uncached(root, experiment)
+    from trainmap import analysis  # the app draws fits, analysis computes and stores them
+
+    return analysis.latest_fit(root, experiment)  # stale if the runs changed since
 
 
 def fit_result(root: str, experiment: str, fp: str):
@@ -309,7 +262,7 @@ def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
         "feature_names": list(fit.feature_names),
         "params": dict(fit.params),
         "convergence": dict(selected.convergence_epoch),
-        "stale": bool(getattr(fit, "stale", False)),
+        "stale": bool(fit.stale),
         "warnings": list(getattr(fit, "warnings", [])),
         "bootstrap": dict(getattr(fit, "bootstrap", None) or {}),
         "selection": dict(getattr(fit, "selection", None) or {}),

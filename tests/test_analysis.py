@@ -287,16 +287,26 @@ def test_store_round_trip_without_pickle_and_invalidation(experiment, tmp_path):
 
     shutil.copytree(root / "exp", tmp_path / "exp")
     assert api.load_fit(tmp_path, "exp", **FIT) is not None
+    latest = api.latest_fit(tmp_path, "exp")
+    assert latest.fingerprint == result.fingerprint and latest.loaded and not latest.stale
+    fits_fp = store.fits_fingerprint(tmp_path, "exp")
     writer = rundir.RunWriter.reopen(tmp_path / "exp" / "seed-00")
     row = rundir.load_run(tmp_path, "exp", "seed-00").metrics.iloc[-1].to_dict()
     writer.append({**row, "epoch": int(row["epoch"]) + 1, "step": int(row["step"]) + 10})
     writer.finish()
     assert api.load_fit(tmp_path, "exp", **FIT) is None
     assert api.list_fits(tmp_path, "exp")[0]["current"] is False
+    # ... but stays the one to show, marked stale (the dashboard and compare say so).
+    latest = api.latest_fit(tmp_path, "exp")
+    assert latest.fingerprint == result.fingerprint and latest.stale
+    assert store.fits_fingerprint(tmp_path, "exp") == fits_fp  # the fits did not change
     # The listing reads the small summary; a fit saved without one lists the same.
     listed = api.list_fits(tmp_path, "exp")
     (store.fits_dir(tmp_path, "exp") / result.fingerprint / "summary.json").unlink()
     assert api.list_fits(tmp_path, "exp") == listed
+    assert store.fits_fingerprint(tmp_path, "exp") != fits_fp
+    shutil.rmtree(store.fits_dir(tmp_path, "exp"))
+    assert api.latest_fit(tmp_path, "exp") is None
 
 
 def test_bad_parameters_are_value_errors(experiment):

@@ -62,11 +62,11 @@ def fixture_root(tmp_path_factory):
 
 @pytest.fixture
 def dash_app(fixture_root, tmp_path):
-    from trainmap.app import data
+    from trainmap import analysis
     from trainmap.app.main import create_app
 
     root, truth = fixture_root
-    fit = data._load_fit_uncached(str(root), EXPERIMENT)  # what the pages will show
+    fit = analysis.latest_fit(str(root), EXPERIMENT)  # what the pages will show
     assert fit is not None and not fit.stale and len(fit.maps) == 4
     return create_app(root, cache_dir=tmp_path / "cache"), truth, fit
 

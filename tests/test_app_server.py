@@ -70,9 +70,9 @@ def test_health_and_pages(client):
 
 
 def test_callbacks_over_http(client, fitted_root):
-    from trainmap.app import data
+    from trainmap import analysis
 
-    fit = data._load_fit_uncached(str(fitted_root), EXPERIMENT)
+    fit = analysis.latest_fit(str(fitted_root), EXPERIMENT)
     out = call(client, "map-graph.elements", {"map-experiment.value": EXPERIMENT, "map-n.value": 2})
     elements = out["map-graph"]["elements"]
     assert sum("source" not in e["data"] for e in elements) == 2

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-COVARIANCE_TYPES = ("diag", "full")
+from trainmap.analysis.settings import COVARIANCE_TYPES, DEFAULT_CRITERION, MAX_STATES_CAP
+
 # "bic_best" etc. name a column of the sweep table and whether lower is better.
 CRITERIA = {
     "bic_mean": ("bic_mean", "min"),  # the paper: held-out BIC averaged over restarts
@@ -42,8 +43,6 @@ CRITERIA = {
     # icl on short runs, icl_ess on long ones (see LONG_RUN_CHECKPOINTS)
     "auto": ("icl_auto", "min"),
 }
-# Chosen by the selection studies in docs/selection.md.
-DEFAULT_CRITERION = "auto"
 # Runs at least this long (checkpoints per scored run) are selected with the
 # effective-sample penalty by "auto". Measured (docs/selection.md): plain ICL
 # over-selects from about 300 checkpoints on (53/72 right at 300-3000, against
@@ -51,9 +50,6 @@ DEFAULT_CRITERION = "auto"
 # 100-250 checkpoints, against 41/45 for plain ICL): it merges small states such
 # as a detour branch's.
 LONG_RUN_CHECKPOINTS = 300
-# When the criterion picks the largest n tried, the sweep goes on one n at a
-# time up to this many states (docs/selection.md, "Ceiling").
-MAX_STATES_CAP = 12
 
 SWEEP_COLUMNS = [
     "n",

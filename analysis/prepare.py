@@ -26,11 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from trainmap.analysis.settings import DEFAULT_NORMALIZE, NORMALIZATIONS
 from trainmap.trainer.columns import WEIGHT_COLUMNS
-
-NORMALIZATIONS = ("per_run", "pooled")
-# Chosen by the selection study in docs/selection.md.
-DEFAULT_NORMALIZE = "pooled"
 
 
 class PrepareError(ValueError):

@@ -462,10 +462,8 @@ def curves_view(
 
 def fit_command(root: str, experiment: str) -> str:
     """The exact CLI command that fits an experiment (as the Fit now button does)."""
-    command = f"trainmap fit {Path(root) / experiment}"
-    for key, value in BACKGROUND.get("fit_params", {}).items():
-        command += f" --{key.replace('_', '-')} {value}"
-    return command
+    options = BACKGROUND["fit_settings"].cli_options() if "fit_settings" in BACKGROUND else ""
+    return f"trainmap fit {Path(root) / experiment} {options}".rstrip()
 
 
 # ---------------------------------------------------------------- compare

@@ -318,9 +318,40 @@ def test_bad_parameters_are_value_errors(experiment):
         dict(n_states=9),
         dict(backend="dask"),  # no scheduler
         dict(max_states=0),
+        dict(seed=-1),
+        dict(threshold=float("nan")),
+        dict(bootstrap=-1),
     ):
         with pytest.raises(ValueError):
             api.fit_experiment(root, "exp", **{**FIT, **bad})
+    with pytest.raises(TypeError):  # not a setting: never silently ignored by a fit
+        api.fit_experiment(root, "exp", **FIT, max_state=3)
+
+
+def test_fit_settings_are_one_type_for_cli_api_and_store(experiment):
+    from trainmap.analysis.cli import add_arguments, fit_settings
+    from trainmap.analysis.model import CRITERIA
+    from trainmap.analysis.settings import CRITERIA_NAMES, FitSettings
+
+    root, _, result, _ = experiment
+    assert set(CRITERIA) == set(CRITERIA_NAMES)
+    # The CLI's defaults are FitSettings' defaults; its options set the same fields.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert fit_settings(parser.parse_args(["r/e"])) == FitSettings()
+    asked = fit_settings(parser.parse_args(["r/e", "--max-states", "5", "--features", "l1, l2"]))
+    assert asked == FitSettings(max_states=5, features=("l1", "l2"))
+    # A FitSettings, keyword arguments, or both: the same request and the same saved fit.
+    settings = FitSettings(**FIT)
+    assert api.fit_experiment(root, "exp", settings).fingerprint == result.fingerprint
+    assert api.load_fit(root, "exp", FitSettings(), **FIT).fingerprint == result.fingerprint
+    key = settings.key_params()  # what the saved fit is keyed by, as it records it
+    assert {name: result.params[name] for name in key} == key
+    # The command the dashboard shows for these settings parses back to them.
+    options = settings.cli_options().split()
+    assert fit_settings(parser.parse_args(["r/e", *options])) == settings
 
 
 # ---------------------------------------------------------------------- CLI

@@ -205,10 +205,10 @@ def fit_now(set_progress, clicks, experiment):
     if experiment is None:
         return dash.no_update, html.P("This experiment no longer exists.", className="warning")
     set_progress(("0", "100", "preparing the runs..."))
-    params = data.BACKGROUND.get("fit_params", {})
+    settings = data.BACKGROUND.get("fit_settings")  # analysis.settings.FitSettings
     try:
         analysis.fit_experiment(
-            root, experiment, progress=_progress_reporter(set_progress), **params
+            root, experiment, settings, progress=_progress_reporter(set_progress)
         )
     except (ValueError, UserError) as error:
         set_progress(("0", "100", "fit failed"))

@@ -27,7 +27,17 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from trainmap.app import compare_figures, evidence, figures
+from trainmap.app import (
+    common_figures,
+    compare_figures,
+    curve_figures,
+    evidence,
+    map_figures,
+    prediction_figures,
+    runs_figures,
+    selection_figures,
+    strip_figures,
+)
 from trainmap.trainer import rundir
 
 cache = Cache()
@@ -207,7 +217,7 @@ def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[s
     for run in run_names(root, experiment, fp):  # broken runs do not count towards the sample
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
-            names.update(dict.fromkeys(figures.metric_columns(frame.columns)))
+            names.update(dict.fromkeys(curve_figures.metric_columns(frame.columns)))
             readable += 1
             if readable == sample:
                 break
@@ -218,7 +228,7 @@ def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[s
 def metric_band(root: str, experiment: str, fp: str, metric: str) -> pd.DataFrame:
     """Mean +- std of one metric per epoch over all readable runs."""
     frames = (load_run_metrics(root, experiment, r) for r in run_names(root, experiment, fp))
-    return figures.metric_band((f for f in frames if f is not None), metric)
+    return curve_figures.metric_band((f for f in frames if f is not None), metric)
 
 
 # ----------------------------------------------------------------- fits
@@ -275,7 +285,7 @@ def map_view(root: str, experiment: str, fp: str, n: int) -> list[dict] | None:
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
+    return map_figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
 
 
 @cache.memoize()
@@ -324,7 +334,7 @@ def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | 
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.states_frame(fit.maps[n])
+    return map_figures.states_frame(fit.maps[n])
 
 
 @cache.memoize()
@@ -366,7 +376,7 @@ def modal_states(root: str, experiment: str, fp: str, n: int) -> tuple[list, lis
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.modal_states(fit.maps[n])
+    return curve_figures.modal_states(fit.maps[n])
 
 
 @cache.memoize()
@@ -376,7 +386,7 @@ def strip_view(root: str, experiment: str, fp: str, n: int, run: str | None) -> 
     if fit is None or n not in fit.maps:
         return None
     labels = state_labels(root, experiment, fp, n)
-    return figures.strip_figure(fit.maps[n], labels, selected_run=run).to_plotly_json()
+    return strip_figures.strip_figure(fit.maps[n], labels, selected_run=run).to_plotly_json()
 
 
 # ------------------------------------------------------------------ views
@@ -390,8 +400,8 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
     """Table rows, status counts and the progress plot of the Runs page."""
     summaries = run_summaries(root, experiment, fp)
     overview = fit_overview(root, experiment, fp)
-    rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
-    counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
+    rows = runs_figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
+    counts = ", ".join(f"{k}: {v}" for k, v in runs_figures.status_counts(rows).items())
     readable = [r["run"] for r in rows if r["status"] != rundir.BROKEN]
     # The progress plot reads each run's metrics; past max_curves runs it shows
     # the first ones only, so a page for hundreds of runs still opens quickly.
@@ -400,19 +410,21 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
             frames[run] = frame
-    columns = dict.fromkeys(c for f in frames.values() for c in figures.metric_columns(f.columns))
+    columns = dict.fromkeys(
+        c for f in frames.values() for c in curve_figures.metric_columns(f.columns)
+    )
     metric = "eval_acc" if "eval_acc" in columns else next(iter(columns), "eval_acc")
     thinned = {
         run: f[["epoch", metric]].iloc[:: max(1, len(f) // 400)]
         for run, f in frames.items()
         if metric in f
     }
-    figure = figures.progress_figure(thinned, metric)
+    figure = runs_figures.progress_figure(thinned, metric)
     if len(readable) > max_curves:
         figure.update_layout(title=f"{metric}: first {max_curves} of {len(readable)} runs")
     return {
         "rows": rows,
-        "counts": f"{figures.plural(len(rows), 'run')} ({counts})",
+        "counts": f"{common_figures.plural(len(rows), 'run')} ({counts})",
         "figure": figure.to_plotly_json(),
     }
 
@@ -422,7 +434,9 @@ def selection_view(root: str, experiment: str, fp: str, chosen: int, height: int
     overview = fit_overview(root, experiment, fp)
     if overview is None:
         return None
-    figure = figures.selection_figure(overview["sweep"], overview["selected_n"], chosen, height)
+    figure = selection_figures.selection_figure(
+        overview["sweep"], overview["selected_n"], chosen, height
+    )
     return figure.to_plotly_json()
 
 
@@ -445,7 +459,7 @@ def curves_view(
     all_seeds = states is None and band and n is not None
     if all_seeds:
         states = modal_states(root, experiment, fp, int(n))
-    figure = figures.metric_figure(
+    figure = curve_figures.metric_figure(
         metric,
         run_frame=run_frame,
         run_name=run,
@@ -457,7 +471,7 @@ def curves_view(
         uirevision=f"{experiment}/{metric}",
     )
     labels = state_labels(root, experiment, fp, int(n)) if n is not None else None
-    return figures.name_phases(figure.to_plotly_json(), labels, all_seeds=bool(all_seeds))
+    return curve_figures.name_phases(figure.to_plotly_json(), labels, all_seeds=bool(all_seeds))
 
 
 def fit_command(root: str, experiment: str) -> str:
@@ -514,7 +528,9 @@ def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "aut
             elements.append([])
             continue
         tmap = fit.maps[side["n_states"]]
-        elements.append(compare_figures.matched_elements(figures.map_elements(tmap), comparison, i))
+        elements.append(
+            compare_figures.matched_elements(map_figures.map_elements(tmap), comparison, i)
+        )
     return {
         "comparison": comparison,
         "elements": elements,
@@ -621,7 +637,7 @@ def runs_predictions(root: str, experiment: str, fp: str) -> dict[str, str]:
         if summary["status"] in PREDICTED_STATUSES:
             view = prediction_view(root, experiment, fp, summary["run"])
             if view is not None:
-                out[summary["run"]] = figures.prediction_cell(
+                out[summary["run"]] = prediction_figures.prediction_cell(
                     view["prediction"], view["validation"]
                 )
     return out

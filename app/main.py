@@ -7,7 +7,8 @@ and tests call :func:`create_app` directly.
 This module only wires things together (as in the Dash Pages examples): the
 Flask server with its health endpoint and cache, the navigation bar and the
 page container. Each page in ``app/pages/`` holds its own layout and
-callbacks; data loading is in ``app/data.py``, figures in ``app/figures.py``.
+callbacks; data loading is in ``app/data.py``, figures in one pure
+``app/*_figures.py`` module per page.
 
 Environment variables:
 

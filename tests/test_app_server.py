@@ -275,7 +275,7 @@ def test_import_app_does_not_import_torch(fitted_root):
     code = textwrap.dedent(
         f"""
         import sys
-        import app, app.main, app.cli, app.data, app.figures
+        import app, app.main, app.cli, app.data, app.map_figures
         from trainmap.app.main import create_app
         client = create_app({str(fitted_root)!r}, cache_dir={str(fitted_root / ".cache-t")!r}).server.test_client()
         for path in ("/", "/map", "/selection", "/curves", "/health", "/_dash-layout"):

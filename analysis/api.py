@@ -378,6 +378,13 @@ def load_fit(
 
     s = settings_from(settings, changes, ignore_unknown=True)
     key = store.fit_key(rundir.experiment_fingerprint(root, experiment), s.key_params())
+    return _load_saved(root, experiment, key, s)
+
+
+def _load_saved(root, experiment, key: str, s: FitSettings) -> FitResult | None:
+    """The saved fit ``key`` with n chosen as ``s`` asks and its bootstrap, or None."""
+    from trainmap.analysis import store
+
     found = store.find_fit(root, experiment, key)
     if found is None:
         return None
@@ -393,6 +400,11 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     Each is a dict with ``key``, ``created_at``, ``params``, ``selected_n`` (by
     the criterion it was fitted with), ``feasible_n``, ``n_runs``, ``path`` and
     ``current`` (True if the runs have not changed since the fit).
+
+    A run the fit never saw that is still being written does not make the fit
+    outdated: such a run is what predictions are for (``analysis.predict``), and
+    fitting it half-trained is not what a refit should do. Once it has finished
+    (or stopped), a refit would include it, so the fit is no longer current.
     """
     from trainmap.analysis import store
     from trainmap.trainer import rundir
@@ -400,8 +412,29 @@ def list_fits(root: str | os.PathLike, experiment: str) -> list[dict]:
     now = rundir.experiment_fingerprint(root, experiment)
     fits = store.list_saved(root, experiment)
     for fit in fits:
-        fit["current"] = fit.pop("runs_fingerprint") == now
+        saved = fit.pop("runs_fingerprint")
+        fit["current"] = saved == now or saved == _fingerprint_without_new_running_runs(
+            root, experiment, fit
+        )
     return fits
+
+
+def _fingerprint_without_new_running_runs(root, experiment, fit: dict) -> str | None:
+    from trainmap.analysis import store
+    from trainmap.trainer import rundir
+
+    seen = store.run_names_at_fit(fit)
+    if seen is None:
+        return None
+    folder = rundir.experiment_path(root, experiment)
+    new = {
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir() and not child.name.startswith(".") and child.name not in seen
+    }
+    if not new or any(rundir.summarize_run(folder / run).status != "running" for run in new):
+        return None
+    return rundir.experiment_fingerprint(root, experiment, ignore=new)
 
 
 def latest_fit(root: str | os.PathLike, experiment: str) -> FitResult | None:
@@ -416,8 +449,9 @@ def latest_fit(root: str | os.PathLike, experiment: str) -> FitResult | None:
 
     saved = list_fits(root, experiment)
     for candidate in saved:
-        if candidate["current"]:
-            fit = load_fit(root, experiment, **candidate["params"])
+        if candidate["current"]:  # by its key: a new run still training leaves it current
+            settings = settings_from(None, candidate["params"], ignore_unknown=True)
+            fit = _load_saved(root, experiment, candidate["key"], settings)
             if fit is not None:
                 return fit
     for candidate in saved:

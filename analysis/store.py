@@ -270,7 +270,24 @@ def _summary(payload: dict) -> dict:
         "selected_n": payload.get("selected_n"),
         "feasible_n": sorted(int(n) for n in payload.get("maps", {})),
         "n_runs": len(payload.get("runs", [])),
+        "run_names": _run_names(payload),
     }
+
+
+def _run_names(payload: dict) -> list[str]:
+    """Every run the experiment had when it was fitted: the fitted and the excluded ones."""
+    return sorted({*payload.get("runs", []), *payload.get("excluded_runs", {})})
+
+
+def run_names_at_fit(summary: dict) -> list[str] | None:
+    """The runs a listed fit saw (from its summary, else its full payload), or None."""
+    if "run_names" in summary:
+        return summary["run_names"]
+    try:  # a summary written before it held the names
+        payload = json.loads(_read(Path(summary["path"]) / FIT_FILE))
+    except (ValueError, RecursionError, KeyError):  # RunDirError is a ValueError
+        return None
+    return _run_names(payload) if isinstance(payload, dict) else None
 
 
 def list_saved(root, experiment) -> list[dict]:

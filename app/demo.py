@@ -5,10 +5,14 @@ documented in ``trainer/tasks/modular.py``): without LayerNorm the runs fork
 into a fast and a slow branch and the slow branch passes through a detour
 state; with LayerNorm every run follows one path. After fitting, the demo
 prints what tells the two apart (states, forks, detours with their test,
-convergence spread) and serves the dashboard on the comparison page.
+convergence spread) and serves the dashboard on the comparison page, while
+one more seed of the first task trains at a watchable pace (``app/live_run.py``)
+so its predicted convergence can be seen on the Runs and Metric curves pages
+as it trains.
 
 Re-running reuses finished runs and the saved fits, so the second start is
-quick; a demo stopped with Ctrl-C continues its runs where they were.
+quick; a demo stopped with Ctrl-C continues its runs where they were (the
+live run starts over: see ``app/live_run.py``).
 ``TRAINMAP_DEMO_PRESET=tiny`` selects presets of a few seconds per seed (used
 by the end-to-end test).
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import sys
 import time
 
 DEFAULT_TASKS = "modadd,modadd_ln"
@@ -56,7 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8050)
-    parser.add_argument("--no-serve", action="store_true", help="train and fit, then exit")
+    parser.add_argument(
+        "--live-pace",
+        type=float,
+        # 3 s: the Runs and curves pages poll every 3 s, so each refresh shows a new
+        # checkpoint; a quick modadd seed then converges (epoch 175, the median) after
+        # about 1 min 45 s of live prediction and finishes in 5 min.
+        default=3.0,
+        metavar="SECONDS",
+        help="while serving, one more seed of the first task trains with at least this many "
+        "seconds between checkpoints, so its prediction can be watched (default 3; 0: full "
+        "speed)",
+    )
+    parser.add_argument(
+        "--no-serve", action="store_true", help="train and fit, then exit (no live run)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,10 +93,16 @@ def main(args: argparse.Namespace) -> int:
     # everything checkable is checked before minutes of training
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if not args.live_pace >= 0:
+        raise UserError(f"--live-pace must be 0 or more seconds, got {args.live_pace}")
     if not args.no_serve:
         from trainmap.app.cli import check_address
 
         check_address(args.host, args.port)
+    from trainmap.app.live_run import LiveRun
+
+    live = LiveRun(args.root, tasks[0], args.preset, experiments[0], max(seeds) + 1, args.live_pace)
+    live.clear()  # the previous demo's, before the fit, which must not see it (app/live_run.py)
     started = time.time()
 
     which = " and ".join(f"{task} ({args.preset} preset)" for task in tasks)
@@ -134,7 +160,20 @@ def main(args: argparse.Namespace) -> int:
     print(f"[3/3] serving the dashboard: {url}  (Ctrl-C to stop)", flush=True)
     for experiment in experiments:
         print(f"      training map of {experiment}: {base}/map?experiment={experiment}")
-    serve(args.root, host=args.host, port=args.port)
+    curves, runs = live.urls(base)
+    print(
+        f"      live run {live.experiment}/{live.run} (seed {live.seed}, not in the fit) trains "
+        f"while the dashboard serves, a checkpoint every {live.pace:g} s or more"
+    )
+    print(f"      its predicted convergence, updating as it trains: {curves}")
+    print(f"      the Runs page, prediction column: {runs}", flush=True)
+    # SIGTERM (e.g. from a process manager) stops the live run too, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    live.start()
+    try:
+        serve(args.root, host=args.host, port=args.port)
+    finally:
+        live.stop()
     return 0
 
 

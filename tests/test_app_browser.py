@@ -23,6 +23,11 @@ from selenium.webdriver.common.by import By
 from test_app_support import EXPERIMENT, make_root
 
 from trainmap.app import evidence
+from trainmap.app.browser import (  # shared with trainmap screenshots
+    cy_elements,
+    hover_edge,
+    wait_for,
+)
 from trainmap.trainer import rundir
 
 pytestmark = pytest.mark.browser
@@ -80,11 +85,7 @@ def other_n(fit) -> int:
 
 
 def cy_count(dash_duo, selector: str) -> int:
-    return dash_duo.driver.execute_script(
-        "const el = document.getElementById('map-graph');"
-        "if (!el || !el._cyreg || !el._cyreg.cy) return -1;"
-        f"return el._cyreg.cy.elements('{selector}').length;"
-    )
+    return cy_elements(dash_duo.driver, selector)
 
 
 def wait_map(dash_duo, nodes: int, edges: int, timeout=10):
@@ -98,39 +99,9 @@ def wait_map(dash_duo, nodes: int, edges: int, timeout=10):
     raise AssertionError(f"map shows {got} nodes/edges, expected {(nodes, edges)}")
 
 
-def wait_for(predicate, timeout=10, message="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {message}")
-
-
 def query(dash_duo) -> dict:
     parsed = urlparse(dash_duo.driver.current_url)
     return {k: v[0] for k, v in parse_qs(parsed.query).items()}
-
-
-def hover_edge_with_pointer(dash_duo, edge_id: str):
-    """A real pointer move onto the edge, a third of the way from its source.
-
-    (Not the midpoint: the probability label sits there, and Cytoscape does not
-    count labels as part of the edge for pointer events.)
-    """
-    x, y = dash_duo.driver.execute_script(
-        "const el = document.getElementById('map-graph');"
-        "const edge = el._cyreg.cy.getElementById(arguments[0]);"
-        "const a = edge.renderedSourceEndpoint(), b = edge.renderedTargetEndpoint();"
-        "const box = el.getBoundingClientRect();"
-        "return [box.left + a.x + (b.x - a.x) / 3, box.top + a.y + (b.y - a.y) / 3];",
-        edge_id,
-    )
-    actions = ActionBuilder(dash_duo.driver)
-    actions.pointer_action.move_to_location(int(x) + 8, int(y) + 8)
-    actions.pointer_action.move_to_location(int(round(x)), int(round(y)))
-    actions.perform()
 
 
 def click_selection_point(dash_duo, graph_id: str, n: int):
@@ -220,7 +191,7 @@ def test_journey_runs_map_selection_curves(dash_duo, dash_app, tmp_path):
 
     # Hover an edge with a real pointer move: its features, arrows and z changes.
     edge = max(tmap.edges, key=lambda e: e.n_runs)
-    hover_edge_with_pointer(dash_duo, f"e{edge.source}-{edge.target}")
+    hover_edge(dash_duo.driver, f"e{edge.source}-{edge.target}")
     dash_duo.wait_for_contains_text("#map-hover-edge", f"{edge.n_runs} runs take it", timeout=5)
     text = dash_duo.find_element("#map-hover-edge").text
     top = edge.top_features[0]

@@ -81,6 +81,10 @@ CASES = [
     (["demo", "--root", "{tmp}/r", "--seeds", "x", "--no-serve"], "seeds"),
     (["demo", "--root", "{tmp}/r", "--task", "nope", "--no-serve"], "unknown task"),
     (["demo", "--root", "{tmp}/r", "--workers", "0", "--no-serve"], "workers"),
+    (["demo", "--root", "{tmp}/r", "--live-pace", "-1", "--no-serve"], "live-pace"),
+    # --- screenshots
+    (["screenshots", "--root", "{tmp}/none", "--out", "{tmp}/o"], "not a directory"),
+    (["screenshots", "--root", "{tmp}", "--experiments", "x", "--out", "{tmp}/o"], "no saved fit"),
     (["demo", "--root", "{tmp}/r", "--port", "0"], "port"),
     (["demo", "--root", "{tmp}/r", "--host", "no such host!"], "host"),
     # --- runs

@@ -3,6 +3,7 @@
 ``TRAINMAP_DEMO_PRESET=tiny`` keeps it short. The demo runs through
 ``scripts/demo.sh``, exactly as the README says, in this test's virtual
 environment (``TRAINMAP_VENV``), which the test command itself created fresh.
+One demo serves both tests; stopping it must stop its live run too.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from test_app_browser import wait_for
+from test_predict_browser import chart_prediction
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "modadd-tiny"
+LIVE_RUN = "live-seed-4"  # the seed after the demo's 0-3
+# A tiny seed writes 30 checkpoints; 3 s apart, the live run trains for 90 s or more.
+LIVE_PACE = 3
 
 
 def free_port() -> int:
@@ -30,8 +35,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def demo(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("demo")
     port = free_port()
     env = {
         **os.environ,
@@ -43,7 +49,7 @@ def demo(tmp_path):
     command += ["--seeds", "0-3", "--port", str(port), "--max-states", "4", "--restarts", "2"]
     # A tiny run is too short for the criterion to find phases; force two states
     # so the journey (map, hover, shaded curves) is exercised end to end.
-    command += ["--n-states", "2"]
+    command += ["--n-states", "2", "--live-pace", str(LIVE_PACE)]
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
@@ -79,6 +85,79 @@ def demo(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+    # no orphan: the live run's trainer stopped with the demo and said so
+    from trainmap.trainer import rundir
+
+    meta = rundir.read_meta(tmp_path / "runs" / EXPERIMENT / LIVE_RUN)
+    assert not Path(f"/proc/{meta['writer']['pid']}").exists()
+    assert meta["status"] in ("interrupted", "completed")
+
+
+def live_cell(browser) -> str:
+    """The predicted-convergence cell of the live run ('' if not shown yet)."""
+    return browser.driver.execute_script(
+        "for (const tr of document.querySelectorAll('#runs-table tr')) {"
+        "  const run = tr.querySelector('td[data-dash-column=run]');"
+        f"  if (run && run.textContent.trim() === '{LIVE_RUN}') {{"
+        "    const cell = tr.querySelector('td[data-dash-column=predicted_convergence]');"
+        "    return cell ? cell.textContent.trim() : ''; } }"
+        "return '';"
+    )
+
+
+def test_demo_trains_a_live_run_and_shows_its_prediction_as_it_trains(demo, dash_br):
+    """After fitting, one more seed trains while the demo serves; its prediction is live."""
+    from trainmap import analysis
+    from trainmap.analysis import predict, predict_study
+    from trainmap.app import prediction_figures
+    from trainmap.trainer import rundir
+
+    url, root, output = demo
+    text = "".join(output)
+    curves = f"{url}/curves?experiment={EXPERIMENT}&run={LIVE_RUN}&metric=eval_acc"
+    assert f"live run {EXPERIMENT}/{LIVE_RUN} (seed 4, not in the fit) trains" in text
+    assert f"its predicted convergence, updating as it trains: {curves}\n" in text
+    assert f"the Runs page, prediction column: {url}/?experiment={EXPERIMENT}\n" in text
+    run_dir = root / EXPERIMENT / LIVE_RUN
+
+    def rows() -> int:
+        return len(rundir.read_metrics(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
+
+    wait_for(lambda: rows() >= 1, timeout=60, message="the live run's first checkpoint")
+    # While it trains, the demo's fit is the current one: not stale, not refitted.
+    fits = analysis.list_fits(root, EXPERIMENT)
+    assert [fit["current"] for fit in fits] == [True]
+    assert rundir.summarize_run(run_dir).status == "running"
+
+    # Runs page: the live run's cell is the prediction from the rows written so far.
+    validation = predict_study.validate(root, EXPERIMENT)
+
+    def cell_is_current_prediction():
+        shown = live_cell(dash_br)
+        summary = predict.predict_run(root, EXPERIMENT, LIVE_RUN).summary()
+        return shown and shown == prediction_figures.prediction_cell(summary, validation) and shown
+
+    dash_br.driver.get(f"{url}/?experiment={EXPERIMENT}")
+    cell = wait_for(cell_is_current_prediction, timeout=30, message="the live run's prediction")
+    assert not cell.startswith("no prediction"), cell
+
+    # Metric curves: the band on the chart, the words under it follow the new rows.
+    dash_br.driver.get(curves)
+    wait_for(lambda: chart_prediction(dash_br), timeout=30, message="the prediction band")
+
+    def epoch_shown() -> int:
+        words = dash_br.driver.find_element(By.ID, "curves-prediction").text
+        return int(words.split(" at epoch ")[1].split(".")[0]) if " at epoch " in words else -1
+
+    first = wait_for(lambda: epoch_shown() > 0 and epoch_shown(), timeout=30, message="words")
+    later = wait_for(
+        lambda: epoch_shown() > first and epoch_shown(),
+        timeout=30,
+        message="the prediction at a later epoch",
+    )
+    assert later > first
+    assert predict.predict_run(root, EXPERIMENT, LIVE_RUN).epoch >= later
+    assert dash_br.get_logs() == []
 
 
 def cy_count(browser, selector: str) -> int:

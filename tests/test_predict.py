@@ -343,6 +343,40 @@ def test_dashboard_loaders_follow_a_running_run(fitted, tmp_path, monkeypatch):
         waiting.close()
 
 
+def test_a_new_run_still_training_leaves_the_fit_current_until_it_ends(fitted, tmp_path):
+    """The run being predicted does not outdate the fit that predicts it (analysis.api.list_fits)."""
+    import json
+    import shutil
+
+    from trainmap import analysis
+    from trainmap.analysis import store
+
+    source, truth, _ = fitted
+    root = tmp_path / "root"
+    shutil.copytree(source / EXPERIMENT, root / EXPERIMENT)
+    live = rundir.RunWriter.create(root, EXPERIMENT, "live", task="synthetic")
+    try:
+        live.append_frame(truth.frame(2).iloc[:10])
+        assert [fit["current"] for fit in analysis.list_fits(root, EXPERIMENT)] == [True]
+        reference = predict.load_reference(root, EXPERIMENT)
+        assert not reference.stale
+        prediction = predict.predict_run(root, EXPERIMENT, "live", reference=reference)
+        assert not any("predates" in note for note in prediction.notes)
+        # a fit saved before summaries listed its runs: the names come from fit.json
+        (summary_file,) = store.fits_dir(root, EXPERIMENT).glob(f"*/{store.SUMMARY_FILE}")
+        summary = json.loads(summary_file.read_text())
+        assert sorted(summary.pop("run_names")) == sorted(reference.runs)
+        summary_file.write_text(json.dumps(summary))
+        live.append_frame(truth.frame(2).iloc[10:20])
+        assert [fit["current"] for fit in analysis.list_fits(root, EXPERIMENT)] == [True]
+        # finished, it is a run a refit would include: the fit is outdated now
+        live.finish("completed")
+        assert [fit["current"] for fit in analysis.list_fits(root, EXPERIMENT)] == [False]
+        assert predict.load_reference(root, EXPERIMENT).stale
+    finally:
+        live.close()
+
+
 def _toy_reference(stays, threshold=0.9):
     """Runs of 100 epochs that enter S1 at ``entry`` (after ``route``) and converge ``duration``
     epochs later (None: never), leaving S1 for S2 at ``leave`` epochs after entering if given.

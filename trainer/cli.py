@@ -37,6 +37,10 @@ SUBCOMMANDS = {
         "train modadd with and without LayerNorm, fit, compare and serve the dashboard",
     ),
     "runs": ("trainmap.trainer.runs_cli", "inspect run directories (runs list ROOT)"),
+    "screenshots": (
+        "trainmap.app.screenshots",
+        "write the documentation's screenshots from the fitted runs under ROOT (needs selenium)",
+    ),
     "reproduce": (
         "trainmap.trainer.reproduce",
         "check the paper's claims on the quick presets; write docs/reproduction.md",

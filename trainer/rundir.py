@@ -42,7 +42,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -818,13 +818,18 @@ def run_fingerprint(path: str | os.PathLike) -> str:
     return "|".join(parts)
 
 
-def experiment_fingerprint(root: str | os.PathLike, experiment: str) -> str:
-    """A short hash over every run's fingerprint: equal iff no run changed."""
+def experiment_fingerprint(
+    root: str | os.PathLike, experiment: str, ignore: Collection[str] = ()
+) -> str:
+    """A short hash over every run's fingerprint: equal iff no run changed.
+
+    Runs named in ``ignore`` are left out, as if they did not exist.
+    """
     import hashlib
 
     exp_path = experiment_path(root, experiment)
     digest = hashlib.sha256()
     for child in sorted(exp_path.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
+        if child.is_dir() and not child.name.startswith(".") and child.name not in ignore:
             digest.update(f"{child.name}={run_fingerprint(child)};".encode())
     return digest.hexdigest()[:16]

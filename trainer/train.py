@@ -62,12 +62,16 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     position: int = 0,
+    pace: float = 0.0,
 ) -> str:
     """Train one seed into ``root/experiment/run`` (default run name ``seed-N``); return its path.
 
     With ``resume=True`` an existing run continues from its last saved state
     (or starts over if it has none yet). Ctrl-C marks the run interrupted and
-    keeps every completed checkpoint.
+    keeps every completed checkpoint. ``pace`` > 0 waits until at least that
+    many seconds have passed since the previous checkpoint before going on
+    (the demo's live run, slowed so a person can watch it; it trains and
+    writes exactly what an unpaced run would).
     """
     task = get_task(config.task)
     run = run or f"seed-{config.seed}"
@@ -127,6 +131,7 @@ def train_run(
             disable=not progress,
             dynamic_ncols=True,
         )
+        paced = time.monotonic()
         with tracker, bar:
             for epoch in range(start_epoch, config.epochs + 1):
                 # --- one pass over the training set in a fresh seeded order
@@ -168,6 +173,9 @@ def train_run(
                         path, *state_arrays(model, optimizer, batch_order, epoch, step, config)
                     )
                     bar.set_postfix(eval_acc=f"{row['eval_acc']:.3f}", refresh=False)
+                    if pace > 0:
+                        time.sleep(max(0.0, pace - (time.monotonic() - paced)))
+                        paced = time.monotonic()
         return str(path)
     finally:
         torch.set_num_threads(threads)

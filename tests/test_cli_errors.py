@@ -177,3 +177,17 @@ def test_a_fresh_process_prints_no_traceback(places, tmp_path, args):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_command_that_needs_torch_says_so_where_torch_is_missing(tmp_path):
+    # as in the trainmap-dashboard Docker image: ``None`` in sys.modules blocks the import
+    script = (
+        "import sys; sys.modules['torch'] = None; from trainmap.trainer import cli; "
+        f"sys.exit(cli.main(['train', '--task', 'modadd', '--preset', 'tiny', "
+        f"'--seeds', '0', '--out', {str(tmp_path / 'e')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trainmap train: error:") and "needs torch" in line, line
+    assert not (tmp_path / "e").exists()

@@ -1,7 +1,8 @@
 """Docker image and compose file: everything they name exists, and the container command serves.
 
-No Docker engine runs here, so this checks the files against the code and runs
-the image's exact command (gunicorn with the same arguments) on a fixture root.
+These check the files against the code and run the image's exact command
+(gunicorn with the same arguments) on a fixture root, in seconds;
+tests/test_container.py builds the images and runs the compose project for real.
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ from trainmap.trainer.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+# one instruction a line: line continuations joined
+INSTRUCTIONS = re.sub(r"\\\n\s*", " ", DOCKERFILE).splitlines()
 
 
 def dockerfile_instructions(name: str) -> list[str]:
-    """Arguments of every instruction ``name``, with line continuations joined."""
-    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
-    return [line.split(None, 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    """Arguments of every instruction ``name``."""
+    return [line.split(None, 1)[1] for line in INSTRUCTIONS if line.startswith(name + " ")]
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Each build stage's instructions by stage name, those it inherits included."""
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in INSTRUCTIONS:
+        if line.startswith("FROM "):
+            _, parent, as_, name = line.split()
+            assert as_.upper() == "AS", f"unnamed stage: {line}"
+            current = stages[name] = [*stages.get(parent, []), line]
+        elif current is not None and line.strip() and not line.startswith("#"):
+            current.append(line)
+    return stages
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -89,7 +105,8 @@ def test_ports_volumes_and_root_agree():
     dashboard = COMPOSE["services"]["dashboard"]
     env = dashboard["environment"]
     bind_port = env["TRAINMAP_BIND"].rsplit(":", 1)[1]
-    assert dashboard["ports"] == [f"{bind_port}:{bind_port}"]
+    # published on the host's loopback unless .env says otherwise: the dashboard has no login
+    assert dashboard["ports"] == [f"${{TRAINMAP_PUBLISH:-127.0.0.1:{bind_port}}}:{bind_port}"]
     assert f"EXPOSE {bind_port}" in DOCKERFILE
     assert dockerfile_env()["TRAINMAP_BIND"].endswith(f":{bind_port}")
     mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in dashboard["volumes"]}
@@ -116,15 +133,35 @@ def test_trainer_command_is_a_valid_trainmap_command():
 
 
 def test_dockerfile_image_rules():
-    (base,) = dockerfile_instructions("FROM")
+    stages = dockerfile_stages()
+    (base,) = {args.split()[0] for args in dockerfile_instructions("FROM")} - set(stages)
     assert re.fullmatch(r"python:3\.\d+-slim", base)
-    (user,) = dockerfile_instructions("USER")
-    assert user != "root"
     (healthcheck,) = dockerfile_instructions("HEALTHCHECK")
     assert "curl" not in healthcheck and "wget" not in healthcheck
-    for source in (args.split()[0] for args in dockerfile_instructions("COPY")):
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    rules = [line for line in ignore if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*", "the build context starts empty: no .venv, .git or .env in it"
+    copies = [args.split() for args in dockerfile_instructions("COPY")]
+    for source in (args[0] for args in copies if not args[0].startswith("--from=")):
         assert (REPO / source).exists(), f"COPY {source}: no such file"
-    assert "torch==" in DOCKERFILE, "the image pins the CPU build of torch"
+        assert f"!{source}" in rules, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_compose_builds_each_service_from_its_target():
+    stages = dockerfile_stages()
+    images = {}
+    for name in ("dashboard", "trainer"):
+        service = COMPOSE["services"][name]
+        target = service["build"]["target"]
+        assert target in stages, f"{name}: no stage {target!r} in the Dockerfile"
+        users = [line for line in stages[target] if line.startswith("USER ")]
+        assert users and users[-1] != "USER root", f"{target} runs as root"
+        pins_torch = any("torch==" in line for line in stages[target] if line.startswith("RUN "))
+        assert pins_torch == (name == "trainer"), f"{target}: torch installed = {pins_torch}"
+        images[name] = service["image"]
+    assert len(set(images.values())) == 2, "two targets need two image names"
+    # `docker build .` builds the last stage: the full image, as before there were two
+    assert list(stages)[-1] == COMPOSE["services"]["trainer"]["build"]["target"]
 
 
 def test_container_command_names_real_modules():

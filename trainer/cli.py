@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return int(args.handler(args) or 0)
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        # the dashboard's Docker image (trainmap-dashboard) is built without torch
+        raise UserError(
+            f"`trainmap {args.command}` needs torch, which is not installed: pip install torch "
+            "(in Docker, run it in the trainmap image, not trainmap-dashboard)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        return run_command(args)
     except UserError as error:
         # one line, whatever the message holds (some name a command on a line of its own)
         print(f"trainmap {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -18,6 +18,8 @@ import importlib
 _EXPORTS = {
     "fit_experiment": "trainmap.analysis.api",
     "fit_prepared": "trainmap.analysis.api",
+    "fits_fingerprint": "trainmap.analysis.store",
+    "latest_fit": "trainmap.analysis.api",
     "list_fits": "trainmap.analysis.api",
     "load_fit": "trainmap.analysis.api",
     "rename_state": "trainmap.analysis.api",

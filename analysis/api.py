@@ -5,6 +5,9 @@
   training map for every feasible n;
 * :func:`load_fit` returns the saved fit for the same request, or None; it
   never computes;
+* :func:`latest_fit` returns the fit to show for an experiment (the newest
+  saved one, marked ``stale`` if the runs changed since), or None; it never
+  computes;
 * :func:`list_fits` lists the saved fits of an experiment;
 * :func:`fit_prepared` does the work on already prepared data (synthetic
   studies, benchmarks).
@@ -16,88 +19,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-from trainmap.analysis.bootstrap import DEFAULT_RESAMPLES, bootstrap_map
+from trainmap.analysis.bootstrap import bootstrap_map
 from trainmap.analysis.maps import build_map, convergence_epoch
 from trainmap.analysis.model import (
-    COVARIANCE_TYPES,
     CRITERIA,
-    DEFAULT_CRITERION,
     MAX_STATES_CAP,
     StateSelector,
     describe_selection,
     select_n,
 )
-from trainmap.analysis.prepare import (
-    DEFAULT_NORMALIZE,
-    NORMALIZATIONS,
-    Prepared,
-    prepare_experiment,
-    runs_needed_for_heldout,
-)
+from trainmap.analysis.prepare import Prepared, prepare_experiment, runs_needed_for_heldout
 from trainmap.analysis.result import FitResult
-
-BACKENDS = ("loky", "dask", "threading", "sequential")
-
-
-def _key_params(
-    *,
-    features,
-    first_n,
-    normalize,
-    cov,
-    max_states,
-    restarts,
-    seed,
-    heldout,
-    n_iter,
-    tol,
-    threshold,
-    max_states_cap=MAX_STATES_CAP,
-) -> dict:
-    """The parameters that change the fitted models or maps (criterion and n do not)."""
-    return {
-        "max_states_cap": int(max_states_cap),
-        "features": None if features is None else list(features),
-        "first_n": first_n,
-        "normalize": normalize,
-        "cov": cov,
-        "max_states": int(max_states),
-        "restarts": int(restarts),
-        "seed": int(seed),
-        "heldout": float(heldout),
-        "n_iter": int(n_iter),
-        "tol": None if tol is None else float(tol),
-        "threshold": float(threshold),
-    }
-
-
-def _check(params: dict, criterion: str, n_states, backend: str, scheduler, workers) -> None:
-    """Reject bad parameters up front with a message a user can act on."""
-    if params["normalize"] not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {params['normalize']!r}")
-    if params["cov"] not in COVARIANCE_TYPES:
-        raise ValueError(f"cov must be one of {COVARIANCE_TYPES}, got {params['cov']!r}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
-    if params["max_states"] < 1 or params["restarts"] < 1:
-        raise ValueError("max_states and restarts must be at least 1")
-    # A sweep extended past max_states (the ceiling guardrail) has maps up to the cap.
-    most = max(params["max_states"], params["max_states_cap"])
-    if n_states is not None and not 1 <= int(n_states) <= most:
-        raise ValueError(f"n_states must be between 1 and {most} (max_states or its cap)")
-    if not 0 <= params["heldout"] < 1:
-        raise ValueError("heldout must be in [0, 1)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "dask" and not scheduler:
-        raise ValueError("backend 'dask' needs a scheduler address (e.g. tcp://127.0.0.1:8786)")
-    if int(workers) == 0:
-        raise ValueError("workers must be non-zero (-1 means all cores)")
-
+from trainmap.analysis.settings import FitSettings, settings_from
 
 # FitResult.warnings written by _choose start with this, so that choosing again
 # (another criterion on a loaded fit) replaces them.
@@ -173,7 +110,9 @@ def _choose(
 BOOTSTRAP_RESTARTS = 3
 
 
-def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) -> dict:
+def _bootstrap(
+    result: FitResult, prepared: Prepared, models: dict, settings: FitSettings, n_resamples: int
+) -> dict:
     """The bootstrap of ``result``'s selected map (:func:`analysis.bootstrap.bootstrap_map`)."""
     n = result.selected_n
     training_map = result.map(n)
@@ -191,16 +130,17 @@ def _bootstrap(result: FitResult, prepared: Prepared, models: dict, **kwargs) ->
         n=n,
         n_given=result.params.get("n_states") is not None,
         max_n=int(result.sweep["n"].max()),
-        criterion=kwargs.pop("criterion"),
-        covariance_type=kwargs.pop("cov"),
-        restarts=min(int(kwargs.pop("restarts")), BOOTSTRAP_RESTARTS),
-        **kwargs,
+        criterion=settings.criterion,
+        covariance_type=settings.cov,
+        restarts=min(int(settings.restarts), BOOTSTRAP_RESTARTS),
+        n_iter=settings.n_iter,
+        tol=settings.tol,
+        n_resamples=n_resamples,
+        seed=settings.seed,
+        workers=settings.workers,
+        backend=settings.backend,
+        scheduler=settings.scheduler,
     )
-
-
-def _check_bootstrap(bootstrap) -> None:
-    if int(bootstrap) < 0:
-        raise ValueError(f"bootstrap must be 0 (off) or a number of resamples, got {bootstrap}")
 
 
 def _saved_bootstrap(root, experiment, key: str, result: FitResult) -> dict:
@@ -226,64 +166,56 @@ def _saved_bootstrap(root, experiment, key: str, result: FitResult) -> dict:
 
 def fit_prepared(
     prepared: Prepared,
+    settings: FitSettings | None = None,
     *,
     experiment: str = "",
     fingerprint: str = "",
-    max_states: int = 8,
-    restarts: int = 5,
-    cov: str = "diag",
-    criterion: str = DEFAULT_CRITERION,
-    n_states: int | None = None,
-    n_iter: int = 100,
-    tol: float | None = None,
-    threshold: float = 0.9,
-    workers: int = 2,
-    backend: str = "loky",
-    scheduler: str | None = None,
     progress: Callable[[float], None] | None = None,
-    seed: int = 0,
     params: dict | None = None,
-    max_states_cap: int = MAX_STATES_CAP,
-    heldout: float = 0.2,
-    bootstrap: int = 0,
+    **changes,
 ) -> tuple[FitResult, dict[int, dict]]:
     """Sweep, select and map already prepared runs; return the result and canonical arrays.
 
-    When the criterion picks ``max_states``, the sweep is extended one n at a
-    time up to ``max_states_cap`` (see StateSelector's ``extend_to``);
-    ``heldout`` is the share the runs were split with (for the message when
-    too few runs left none held out). ``bootstrap`` resamples of the runs
-    measure how stable the selected n, the states and the edges are
+    ``settings`` (a :class:`FitSettings`) with keyword ``changes`` (its field
+    names, e.g. ``max_states=5``) say what to fit; the preparation fields
+    (features, normalize, first_n) were already applied to ``prepared``, and
+    ``heldout`` is the share the runs were split with (for the message when too
+    few runs left none held out). When the criterion picks ``max_states``, the
+    sweep is extended one n at a time up to ``max_states_cap`` (see
+    StateSelector's ``extend_to``). ``bootstrap`` resamples of the runs measure
+    how stable the selected n, the states and the edges are
     (``result.bootstrap``; 0 = off, the default here because studies and
     benchmarks fit many experiments; :func:`fit_experiment` asks for
     ``DEFAULT_RESAMPLES``); see :mod:`analysis.bootstrap`.
     """
-    _check_bootstrap(bootstrap)
+    if settings is None:
+        settings = FitSettings(bootstrap=0)
+    s = settings_from(settings, changes).validate()
     X, lengths = prepared.stack(prepared.train)
     X_held, lengths_held = prepared.stack(prepared.heldout)
     selector = StateSelector(
-        max_states=max_states,
-        restarts=restarts,
-        covariance_type=cov,
-        criterion=criterion,
-        n_iter=n_iter,
-        tol=tol,
-        workers=workers,
-        backend=backend,
-        scheduler=scheduler,
-        random_state=seed,
+        max_states=s.max_states,
+        restarts=s.restarts,
+        covariance_type=s.cov,
+        criterion=s.criterion,
+        n_iter=s.n_iter,
+        tol=s.tol,
+        workers=s.workers,
+        backend=s.backend,
+        scheduler=s.scheduler,
+        random_state=s.seed,
         progress=progress,
-        extend_to=max_states_cap,
+        extend_to=s.max_states_cap,
     ).fit(X, lengths, X_held, lengths_held)
     convergence = {
-        name: convergence_epoch(epochs, acc, threshold)
+        name: convergence_epoch(epochs, acc, s.threshold)
         for name, epochs, acc in zip(prepared.run_names, prepared.epochs, prepared.accuracy)
     }
     maps, canonical = {}, {}
     for n, arrays in selector.models_.items():
         maps[n], canonical[n] = build_map(
             arrays,
-            cov,
+            s.cov,
             prepared.run_names,
             prepared.X,
             prepared.epochs,
@@ -304,59 +236,33 @@ def fit_prepared(
     )
     result = _choose(
         result,
-        criterion,
-        n_states,
-        max_states=max_states,
-        cap=max_states_cap,
+        s.criterion,
+        s.n_states,
+        max_states=s.max_states,
+        cap=s.max_states_cap,
         heldout_runs=len(prepared.heldout),
-        runs_needed=runs_needed_for_heldout(heldout),
+        runs_needed=runs_needed_for_heldout(s.heldout),
     )
     # Uncertainty by resampling runs, after (and apart from) the selection above.
-    if bootstrap:
-        result.bootstrap = _bootstrap(
-            result,
-            prepared,
-            canonical,
-            n_resamples=bootstrap,
-            restarts=restarts,
-            cov=cov,
-            criterion=criterion,
-            n_iter=n_iter,
-            tol=tol,
-            seed=seed,
-            workers=workers,
-            backend=backend,
-            scheduler=scheduler,
-        )
+    if s.bootstrap:
+        result.bootstrap = _bootstrap(result, prepared, canonical, s, s.bootstrap)
     return result, canonical
 
 
 def fit_experiment(
     root: str | os.PathLike,
     experiment: str,
+    settings: FitSettings | None = None,
     *,
-    features: Sequence[str] | None = None,
-    max_states: int = 8,
-    restarts: int = 5,
-    cov: str = "diag",
-    criterion: str = DEFAULT_CRITERION,
-    normalize: str = DEFAULT_NORMALIZE,
-    n_states: int | None = None,
-    workers: int = 2,
-    backend: str = "loky",
-    scheduler: str | None = None,
     progress: Callable[[float], None] | None = None,
-    seed: int = 0,
-    first_n: int | None = None,
-    heldout: float = 0.2,
-    n_iter: int = 100,
-    tol: float | None = None,
-    threshold: float = 0.9,
     refit: bool = False,
-    max_states_cap: int = MAX_STATES_CAP,
-    bootstrap: int = DEFAULT_RESAMPLES,
+    **changes,
 ) -> FitResult:
     """Fit HMMs over the runs of ``root/experiment`` (or load the saved fit).
+
+    What to fit is a :class:`analysis.settings.FitSettings` (default: its
+    defaults), changed by keyword arguments with its field names, e.g.
+    ``fit_experiment("runs", "modadd", max_states=6)``:
 
     Parameters
     ----------
@@ -367,78 +273,53 @@ def fit_experiment(
         on one n at a time up to this many states (docs/selection.md, "Ceiling").
     restarts : random restarts per n; the best (held-out log-likelihood) is kept.
     cov : "diag" or "full" covariance.
-    criterion : how n is selected: "icl_ess" (default), "bic_ess", "icl",
-        "bic_best", "bic_mean" (the paper), "aic_best" or "heldout_ll"; see
-        docs/selection.md for which works.
+    criterion : how n is selected: "auto" (default: icl on short runs, icl_ess
+        on long ones), "icl_ess", "bic_ess", "icl", "bic_best", "bic_mean" (the
+        paper), "aic_best" or "heldout_ll"; see docs/selection.md for which works.
     normalize : "pooled" or "per_run" z-scoring (the paper: per_run).
     n_states : use this n instead of the criterion's choice (must be feasible).
     workers : parallel fits (joblib ``n_jobs``; -1 = all cores).
     backend : "loky" (local processes), "dask" (needs ``scheduler``),
         "threading" or "sequential".
     scheduler : dask.distributed scheduler address, e.g. "tcp://10.0.0.5:8786".
-    progress : called with the fraction of fits done (0..1), e.g. by the
-        dashboard's background job; 1.0 is reported also for a loaded fit.
     seed : seed of the train/held-out split and of the restarts.
     first_n : use only the first N checkpoints of every run.
     heldout : fraction of runs held out for selection (split by run, not row).
     n_iter, tol : EM iterations and tolerance per fit (``tol=None``: stop when an
         iteration gains less than 1e-4 nats per train checkpoint).
     threshold : eval_acc that counts as converged (for convergence epochs).
-    refit : ignore a saved fit and compute again.
     bootstrap : resamples of the runs that measure how stable the selected n,
         each state and each edge are (``result.bootstrap``, see
         :mod:`analysis.bootstrap`); 0 = off. It does not change the sweep or
         the maps, so it is not part of the saved fit's key: a saved fit
         without a current bootstrap gets one computed and saved with it.
+    progress : called with the fraction of fits done (0..1), e.g. by the
+        dashboard's background job; 1.0 is reported also for a loaded fit.
+    refit : ignore a saved fit and compute again.
 
     The criterion and ``n_states`` only choose among the saved maps, so
     changing them never refits. Raises ValueError (with a message for the user)
-    for bad parameters, unusable runs or a sweep in which every fit failed.
+    for bad settings (:meth:`FitSettings.validate`), unusable runs or a sweep in
+    which every fit failed; TypeError for a name that is not a setting.
     """
     from trainmap.analysis import store
     from trainmap.trainer import rundir
 
-    key_params = _key_params(
-        features=features,
-        first_n=first_n,
-        normalize=normalize,
-        cov=cov,
-        max_states=max_states,
-        restarts=restarts,
-        seed=seed,
-        heldout=heldout,
-        n_iter=n_iter,
-        tol=tol,
-        threshold=threshold,
-        max_states_cap=max_states_cap,
-    )
-    _check(key_params, criterion, n_states, backend, scheduler, workers)
-    _check_bootstrap(bootstrap)
+    s = settings_from(settings, changes).validate()
+    key_params = s.key_params()
     # The fingerprint is taken before reading: if a run changes during the fit,
     # the saved fit is keyed by the old state and the next request refits.
     runs_fingerprint = rundir.experiment_fingerprint(root, experiment)
-    # What both the sweep and the bootstrap over runs are fitted with.
-    settings = dict(
-        restarts=restarts,
-        cov=cov,
-        criterion=criterion,
-        n_iter=n_iter,
-        tol=tol,
-        seed=seed,
-        workers=workers,
-        backend=backend,
-        scheduler=scheduler,
-    )
 
     def prepare() -> Prepared:
         return prepare_experiment(
             root,
             experiment,
-            features=features,
-            first_n=first_n,
-            normalize=normalize,
-            heldout=heldout,
-            seed=seed,
+            features=s.features,
+            first_n=s.first_n,
+            normalize=s.normalize,
+            heldout=s.heldout,
+            seed=s.seed,
         )
 
     key = store.fit_key(runs_fingerprint, key_params)
@@ -447,41 +328,28 @@ def fit_experiment(
         if found is not None:
             if progress is not None:
                 progress(1.0)
-            result = _choose(found[0], criterion, n_states)
+            result = _choose(found[0], s.criterion, s.n_states)
             result.loaded = True
             # The bootstrap depends on the n and the criterion, which a request
             # may change without refitting: compute it if none is saved for them.
             result.bootstrap = _saved_bootstrap(root, experiment, key, result)
             saved = result.bootstrap.get("n_resamples")
-            if bootstrap and saved not in (bootstrap, 0):  # 0: too few runs, any count
-                result.bootstrap = _bootstrap(
-                    result, prepare(), found[1], n_resamples=bootstrap, **settings
-                )
+            if s.bootstrap and saved not in (s.bootstrap, 0):  # 0: too few runs, any count
+                result.bootstrap = _bootstrap(result, prepare(), found[1], s, s.bootstrap)
                 store.save_bootstrap(root, experiment, key, result.bootstrap)
             return result
     started = time.perf_counter()
     prepared = prepare()
     result, canonical = fit_prepared(
-        prepared,
-        experiment=experiment,
-        fingerprint=key,
-        max_states=max_states,
-        n_states=n_states,
-        threshold=threshold,
-        progress=progress,
-        params=key_params,
-        **settings,
-        max_states_cap=max_states_cap,
-        heldout=heldout,
-        bootstrap=bootstrap,
+        prepared, s, experiment=experiment, fingerprint=key, progress=progress, params=key_params
     )
     extra = {
         "runs_fingerprint": runs_fingerprint,
         "seconds": time.perf_counter() - started,
         "scaling": {
             "normalize": prepared.normalize,
-            "center": prepared.center.tolist() if normalize == "pooled" else None,
-            "scale": prepared.scale.tolist() if normalize == "pooled" else None,
+            "center": prepared.center.tolist() if s.normalize == "pooled" else None,
+            "scale": prepared.scale.tolist() if s.normalize == "pooled" else None,
         },
         "split": {
             "train": [prepared.run_names[i] for i in prepared.train],
@@ -496,51 +364,31 @@ def fit_experiment(
 def load_fit(
     root: str | os.PathLike,
     experiment: str,
-    *,
-    features: Sequence[str] | None = None,
-    max_states: int = 8,
-    restarts: int = 5,
-    cov: str = "diag",
-    criterion: str = DEFAULT_CRITERION,
-    normalize: str = DEFAULT_NORMALIZE,
-    n_states: int | None = None,
-    seed: int = 0,
-    first_n: int | None = None,
-    heldout: float = 0.2,
-    n_iter: int = 100,
-    tol: float | None = None,
-    threshold: float = 0.9,
-    max_states_cap: int = MAX_STATES_CAP,
-    **_ignored,
+    settings: FitSettings | None = None,
+    **changes,
 ) -> FitResult | None:
-    """The saved fit for exactly this request and the runs as they are now, or None.
+    """The saved fit for exactly these settings and the runs as they are now, or None.
 
-    Takes the same parameters as :func:`fit_experiment` (execution-only ones such
-    as ``workers`` or ``backend`` are accepted and ignored). Never computes: a
-    changed run, or parameters never fitted, give None.
+    Takes the same settings as :func:`fit_experiment`; names that are not
+    settings (e.g. in a saved fit's ``params``) are ignored. Never computes: a
+    changed run, or settings never fitted, give None.
     """
     from trainmap.analysis import store
     from trainmap.trainer import rundir
 
-    key_params = _key_params(
-        features=features,
-        first_n=first_n,
-        normalize=normalize,
-        cov=cov,
-        max_states=max_states,
-        restarts=restarts,
-        seed=seed,
-        heldout=heldout,
-        n_iter=n_iter,
-        tol=tol,
-        threshold=threshold,
-        max_states_cap=max_states_cap,
-    )
-    key = store.fit_key(rundir.experiment_fingerprint(root, experiment), key_params)
+    s = settings_from(settings, changes, ignore_unknown=True)
+    key = store.fit_key(rundir.experiment_fingerprint(root, experiment), s.key_params())
+    return _load_saved(root, experiment, key, s)
+
+
+def _load_saved(root, experiment, key: str, s: FitSettings) -> FitResult | None:
+    """The saved fit ``key`` with n chosen as ``s`` asks and its bootstrap, or None."""
+    from trainmap.analysis import store
+
     found = store.find_fit(root, experiment, key)
     if found is None:
         return None
-    result = _choose(found[0], criterion, n_states)
+    result = _choose(found[0], s.criterion, s.n_states)
     result.loaded = True
     result.bootstrap = _saved_bootstrap(root, experiment, key, result)
     return result
@@ -587,6 +435,32 @@ def _fingerprint_without_new_running_runs(root, experiment, fit: dict) -> str | 
     if not new or any(rundir.summarize_run(folder / run).status != "running" for run in new):
         return None
     return rundir.experiment_fingerprint(root, experiment, ignore=new)
+
+
+def latest_fit(root: str | os.PathLike, experiment: str) -> FitResult | None:
+    """The fit to show for ``root/experiment``, or None if it has no saved fit; never computes.
+
+    The newest saved fit whose runs are unchanged, loaded with the parameters it
+    was made with (``trainmap fit`` options included); failing that the newest
+    readable saved fit with ``stale=True``: the runs changed since (e.g. still
+    training), so the dashboard and ``trainmap compare`` can say so.
+    """
+    from trainmap.analysis import store
+
+    saved = list_fits(root, experiment)
+    for candidate in saved:
+        if candidate["current"]:  # by its key: a new run still training leaves it current
+            settings = settings_from(None, candidate["params"], ignore_unknown=True)
+            fit = _load_saved(root, experiment, candidate["key"], settings)
+            if fit is not None:
+                return fit
+    for candidate in saved:
+        found = store.find_fit(root, experiment, candidate["key"])
+        if found is not None:
+            fit = found[0]
+            fit.loaded = fit.stale = True
+            return fit
+    return None
 
 
 def model_arrays(root, experiment, result: FitResult, n: int | None = None) -> dict | None:

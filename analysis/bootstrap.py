@@ -1,6 +1,6 @@
 """How stable a training map is: resample the runs, refit, compare (a bootstrap over runs).
 
-METHOD.md section 4, "Uncertainty". A map is fitted to one set of seeds; another
+docs/method.md section 4, "Uncertainty". A map is fitted to one set of seeds; another
 set of seeds of the same experiment could have given another number of states,
 other states or other edges. The bootstrap estimates how likely that is by
 treating the runs as the sample: every resample draws the runs with
@@ -51,13 +51,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trainmap.analysis.settings import DEFAULT_RESAMPLES
+
 # The fewest runs whose default 20% held-out split holds two runs
 # (round(0.2 * 8) = 2). With one held-out run, every resample scores its models
 # on that same run, so the part of the selection's variation that comes from
 # the held-out runs is not resampled at all. With 8 runs there are
 # C(11, 6) * C(3, 2) = 1386 distinct resamples, far more than the 50 drawn.
 MIN_RUNS = 8
-DEFAULT_RESAMPLES = 50
 DEFAULT_SPAN = 2
 
 

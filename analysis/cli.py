@@ -7,58 +7,83 @@ cheaply: the analysis itself (numpy, hmmlearn, joblib) is imported in ``main``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+
+from trainmap.analysis import settings
+from trainmap.analysis.settings import FitSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults and choices are FitSettings' (one place, shared with the API and the dashboard).
+    default = FitSettings()
     parser.add_argument("target", metavar="ROOT/EXPERIMENT", help="experiment directory")
-    parser.add_argument("--max-states", type=int, default=8, help="try n = 1..N (default 8)")
-    parser.add_argument("--restarts", type=int, default=5, help="restarts per n (default 5)")
-    parser.add_argument("--cov", choices=("diag", "full"), default="diag")
+    parser.add_argument(
+        "--max-states",
+        type=int,
+        default=default.max_states,
+        help=f"try n = 1..N (default {default.max_states})",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=default.restarts,
+        help=f"restarts per n (default {default.restarts})",
+    )
+    parser.add_argument("--cov", choices=settings.COVARIANCE_TYPES, default=default.cov)
     parser.add_argument(
         "--features",
         help="comma-separated metric columns (default: the 14 paper weight metrics)",
     )
     parser.add_argument(
         "--criterion",
-        choices=(
-            "auto",
-            "icl_ess",
-            "bic_ess",
-            "icl",
-            "bic_best",
-            "bic_mean",
-            "aic_best",
-            "heldout_ll",
-        ),
-        default=None,
+        choices=settings.CRITERIA_NAMES,
+        default=default.criterion,
         help="how n is selected (default auto: icl below 300 checkpoints per run, icl_ess "
         "from there; see docs/selection.md; bic_mean = paper)",
     )
     parser.add_argument(
         "--normalize",
-        choices=("pooled", "per_run"),
-        default=None,
-        help="z-scoring over all runs or within each run (per_run = paper)",
+        choices=settings.NORMALIZATIONS,
+        default=default.normalize,
+        help="z-scoring over all runs or within each run "
+        f"(default {default.normalize}; per_run = paper)",
     )
     parser.add_argument("--n-states", type=int, help="use this n instead of the criterion's")
     parser.add_argument("--first-n", type=int, help="use only the first N checkpoints of a run")
-    parser.add_argument("--threshold", type=float, default=0.9, help="eval_acc of convergence")
-    parser.add_argument("--seed", type=int, default=0, help="split and restart seed")
-    parser.add_argument("--workers", type=int, default=2, help="parallel fits (default 2)")
     parser.add_argument(
-        "--backend", choices=("loky", "dask", "threading", "sequential"), default="loky"
+        "--threshold", type=float, default=default.threshold, help="eval_acc of convergence"
     )
+    parser.add_argument("--seed", type=int, default=default.seed, help="split and restart seed")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default.workers,
+        help=f"parallel fits (default {default.workers})",
+    )
+    parser.add_argument("--backend", choices=settings.BACKENDS, default=default.backend)
     parser.add_argument("--scheduler", help="dask scheduler address, for --backend dask")
     parser.add_argument("--refit", action="store_true", help="ignore a saved fit")
     parser.add_argument(
         "--bootstrap",
         type=int,
-        default=50,
+        default=default.bootstrap,
         metavar="N",
         help="resample the runs N times to show how stable n, states and edges are "
-        "(default 50; 0 = off)",
+        f"(default {default.bootstrap}; 0 = off)",
     )
+
+
+def fit_settings(args: argparse.Namespace) -> FitSettings:
+    """The FitSettings the parsed options ask for (every field has an option of its name)."""
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(FitSettings)
+        if hasattr(args, f.name)
+    }
+    if values.get("features"):
+        values["features"] = tuple(f.strip() for f in values["features"].split(",") if f.strip())
+    return FitSettings(**values)
 
 
 def _fmt(value, digits=1) -> str:
@@ -264,8 +289,6 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainmap.analysis import api
-    from trainmap.analysis.model import DEFAULT_CRITERION
-    from trainmap.analysis.prepare import DEFAULT_NORMALIZE
     from trainmap.trainer import rundir
     from trainmap.trainer.errors import UserError
 
@@ -273,35 +296,10 @@ def main(args: argparse.Namespace) -> int:
     root, experiment = target.parent, target.name
     if not experiment or not target.is_dir():
         raise UserError(f"{args.target} is not an experiment directory (expected ROOT/EXPERIMENT)")
-    if not 0 <= args.seed < 2**32:  # the generators' range (numpy, scikit-learn)
-        raise UserError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
-    if not 0 <= args.threshold <= 1:  # also refuses nan
-        raise UserError(f"--threshold is an eval_acc between 0 and 1, got {args.threshold}")
-    features = None
-    if args.features:
-        features = [f.strip() for f in args.features.split(",") if f.strip()]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = api.fit_experiment(
-                root,
-                experiment,
-                features=features,
-                max_states=args.max_states,
-                restarts=args.restarts,
-                cov=args.cov,
-                criterion=args.criterion or DEFAULT_CRITERION,
-                normalize=args.normalize or DEFAULT_NORMALIZE,
-                n_states=args.n_states,
-                workers=args.workers,
-                backend=args.backend,
-                scheduler=args.scheduler,
-                seed=args.seed,
-                first_n=args.first_n,
-                threshold=args.threshold,
-                refit=args.refit,
-                bootstrap=args.bootstrap,
-            )
+            result = api.fit_experiment(root, experiment, fit_settings(args), refit=args.refit)
     except (ValueError, rundir.RunDirError) as error:
         raise UserError(str(error)) from None
     for warning in caught:

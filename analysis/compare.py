@@ -203,31 +203,22 @@ def fit_command(path: str | os.PathLike) -> str:
 
 
 def saved_fit(root: str | os.PathLike, experiment: str):
-    """The fit to compare for ``root/experiment`` and whether it is stale; never computes.
+    """The fit to compare for ``root/experiment``: ``api.latest_fit``, as the dashboard shows it.
 
-    The newest saved fit whose runs are unchanged, loaded with the parameters it
-    was made with; failing that the newest saved fit (stale: the runs changed
-    since, e.g. still training), as the dashboard shows it. Raises
-    :class:`CompareError` with the ``trainmap fit`` command when there is none.
+    Never computes. Raises :class:`CompareError` with the ``trainmap fit``
+    command when there is none.
     """
-    from trainmap.analysis import api, store
+    from trainmap.analysis import api
     from trainmap.trainer import rundir
 
     path = Path(root) / experiment
     try:
         rundir.experiment_path(root, experiment)
-        saved = api.list_fits(root, experiment)
+        fit = api.latest_fit(root, experiment)
     except (rundir.RunDirError, OSError) as error:
         raise CompareError(f"{path}: {error}") from None
-    for candidate in saved:
-        if candidate["current"]:
-            fit = api.load_fit(root, experiment, **candidate["params"])
-            if fit is not None:
-                return fit, False
-    for candidate in saved:
-        found = store.find_fit(root, experiment, candidate["key"])
-        if found is not None:
-            return found[0], True
+    if fit is not None:
+        return fit
     raise CompareError(
         f"experiment {experiment} has no saved fit to compare; fit it first with:\n"
         f"  {fit_command(path)}"
@@ -240,7 +231,7 @@ def load_for_compare(
     """Load ``root/experiment``'s saved fit and the arrays compare needs."""
     from trainmap.analysis import api
 
-    fit, stale = saved_fit(root, experiment)
+    fit = saved_fit(root, experiment)
     path = str(Path(root) / experiment)
     n = fit.selected_n if n is None else int(n)
     if n not in fit.maps:
@@ -266,7 +257,7 @@ def load_for_compare(
         means=np.asarray(arrays["means"], dtype=float),
         center=center,
         scale=scale,
-        stale=stale,
+        stale=fit.stale,
     )
 
 

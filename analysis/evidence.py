@@ -1,6 +1,6 @@
 """The statistics behind a map's claims: detour tests and the occupancy regression.
 
-METHOD.md section 4. Pure functions on plain arrays (numpy and scipy, no torch,
+docs/method.md section 4. Pure functions on plain arrays (numpy and scipy, no torch,
 no HMM), so each can be checked against a hand computation.
 
 Detours. A run's *convergence time* is the first epoch at which its eval
@@ -211,7 +211,7 @@ def detour_tests(
     n_resamples: int = N_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
 ) -> list[dict]:
-    """The detour verdict of every state (METHOD.md 4), one dict per state: StateInfo.detour.
+    """The detour verdict of every state (docs/method.md 4), one dict per state: StateInfo.detour.
 
     Parameters
     ----------

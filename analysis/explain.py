@@ -1,6 +1,6 @@
 """Why an edge j -> k happens: the derivative of the filtered state posterior.
 
-METHOD.md section 3. With the filtered posterior ``p(h | z_1..t)`` from the
+docs/method.md section 3. With the filtered posterior ``p(h | z_1..t)`` from the
 forward algorithm,
 
     d log p(s_t = k | z_1..t) / d z_t

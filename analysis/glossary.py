@@ -1,6 +1,6 @@
 """What every metric column means, in words: one glossary for the CLI and the dashboard.
 
-The trainer writes the 14 weight statistics of METHOD.md §1 once for all hook
+The trainer writes the 14 weight statistics of docs/method.md §1 once for all hook
 points together (``l2``) and once per hook point (``blocks.0.mlp/l2``), plus the
 scalars a training loop logs (``eval_acc``). :func:`describe` turns any such
 column into a display name, a one-line definition and a unit, so a table, a
@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from trainmap.trainer.columns import MATRIX_STATISTICS, SCALAR_COLUMNS, VALUE_STATISTICS
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -26,7 +28,7 @@ class Entry:
     unit: str = ""  # "" where the value has no unit (a ratio, a count of matrices, ...)
 
 
-# Weight statistics (METHOD.md §1), averaged over the K weight matrices of the hook points.
+# Weight statistics (docs/method.md §1), averaged over the K weight matrices of the hook points.
 _MATRIX = {
     "l1": ("L1", "L1 norm", "sum of absolute weights of a matrix"),
     "l2": ("L2", "L2 (Frobenius) norm", "square root of the sum of squared weights of a matrix"),
@@ -88,16 +90,20 @@ _SCALARS = {
 
 
 def _base_entries() -> dict[str, Entry]:
+    # Keyed by trainer.columns' names: a column without words here fails at import.
     entries = {}
-    for column, (short, name, definition) in _MATRIX.items():
+    for column in MATRIX_STATISTICS:
+        short, name, definition = _MATRIX[column]
         entries[column] = Entry(column, short, name, definition + ", averaged over matrices")
-    for value, (word, phrase) in _VALUES.items():
+    for value in VALUE_STATISTICS:
+        word, phrase = _VALUES[value]
         for suffix, (kind, kinds) in _KIND.items():
             column = f"{value}_{suffix}"
             entries[column] = Entry(
                 column, f"{kind} {word}", f"{kind} {word}", f"{phrase} {kinds} concatenated"
             )
-    for column, (short, name, definition, unit) in _SCALARS.items():
+    for column in SCALAR_COLUMNS:
+        short, name, definition, unit = _SCALARS[column]
         entries[column] = Entry(column, short, name, definition, unit)
     return entries
 

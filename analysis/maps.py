@@ -1,6 +1,6 @@
 """From a fitted HMM to a training map: paths, nodes, edges, detours.
 
-METHOD.md sections 3 and 4. :func:`build_map` decodes every run (train and
+docs/method.md sections 3 and 4. :func:`build_map` decodes every run (train and
 held-out) with Viterbi, relabels the states canonically, and fills the plain
 data classes of :mod:`analysis.result` that the CLI prints and the dashboard
 draws. The statistics (detour tests, occupancy regression) are in
@@ -58,7 +58,7 @@ def permute_arrays(arrays: dict, order: Sequence[int]) -> dict:
 def total_variation_dissimilarity(occupancy: np.ndarray) -> float:
     """Mean pairwise total-variation distance between runs' occupancy distributions.
 
-    With the 0/1 ground metric this is the Wasserstein distance of METHOD.md 4.
+    With the 0/1 ground metric this is the Wasserstein distance of docs/method.md 4.
     """
     if len(occupancy) < 2:
         return 0.0
@@ -113,7 +113,7 @@ def build_map(
                 start_runs=int(sum(p[0] == k for p in paths)),
                 end_runs=int(sum(p[-1] == k for p in paths)),
                 # A detour: runs visiting it converge significantly later than
-                # the runs that manage without it (METHOD.md 4, analysis.evidence).
+                # the runs that manage without it (docs/method.md 4, analysis.evidence).
                 is_detour=detours[k]["verdict"] == "detour",
                 visited_runs=int(visited),
                 mean_epoch=float(np.concatenate(in_k).mean()) if visited else float("nan"),

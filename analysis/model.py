@@ -1,6 +1,6 @@
 """The model sweep: Gaussian HMMs for n = 1..max_states, several restarts each.
 
-METHOD.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
+docs/method.md section 2, steps 4-7. Every (n, restart) fit is independent, so the
 sweep runs them in parallel through joblib (local processes by default, or a
 dask.distributed cluster). With the default "numpy" engine (diagonal
 covariances) the restarts of one n are one joblib task: their EM iterations run
@@ -11,7 +11,7 @@ its own task. A fit that fails (degenerate covariance, too few points) is
 recorded as a failure in the sweep table and never stops the sweep.
 
 The estimator :class:`StateSelector` follows scikit-learn conventions (see
-STYLE.md section 2): ``__init__`` only stores parameters, ``fit`` validates,
+its developer guide): ``__init__`` only stores parameters, ``fit`` validates,
 runs the sweep and returns ``self``; learned attributes end in ``_``.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-COVARIANCE_TYPES = ("diag", "full")
+from trainmap.analysis.settings import COVARIANCE_TYPES, DEFAULT_CRITERION, MAX_STATES_CAP
+
 # "bic_best" etc. name a column of the sweep table and whether lower is better.
 CRITERIA = {
     "bic_mean": ("bic_mean", "min"),  # the paper: held-out BIC averaged over restarts
@@ -42,8 +43,6 @@ CRITERIA = {
     # icl on short runs, icl_ess on long ones (see LONG_RUN_CHECKPOINTS)
     "auto": ("icl_auto", "min"),
 }
-# Chosen by the selection studies in docs/selection.md.
-DEFAULT_CRITERION = "auto"
 # Runs at least this long (checkpoints per scored run) are selected with the
 # effective-sample penalty by "auto". Measured (docs/selection.md): plain ICL
 # over-selects from about 300 checkpoints on (53/72 right at 300-3000, against
@@ -51,9 +50,6 @@ DEFAULT_CRITERION = "auto"
 # 100-250 checkpoints, against 41/45 for plain ICL): it merges small states such
 # as a detour branch's.
 LONG_RUN_CHECKPOINTS = 300
-# When the criterion picks the largest n tried, the sweep goes on one n at a
-# time up to this many states (docs/selection.md, "Ceiling").
-MAX_STATES_CAP = 12
 
 SWEEP_COLUMNS = [
     "n",
@@ -366,7 +362,7 @@ def sweep_table(records: Sequence[dict], max_states: int) -> pd.DataFrame:
         row["seconds"] = float(sum(r["seconds"] for r in mine))
         row["error"] = next((r["error"] for r in mine if r["error"]), "")
         if good:
-            best = max(good, key=lambda r: r["heldout_ll"])  # the best restart (METHOD 2.5)
+            best = max(good, key=lambda r: r["heldout_ll"])  # best restart, method.md §2.5
             for key in ("heldout_ll", "aic", "bic"):
                 values = np.array([r[key] for r in good])
                 row[f"{key}_mean"] = float(values.mean())

@@ -1,6 +1,6 @@
 """Data preparation: from an experiment's runs to z-scored feature sequences.
 
-METHOD.md section 2, steps 1-3. Runs are read only through ``trainer.rundir``.
+docs/method.md section 2, steps 1-3. Runs are read only through ``trainer.rundir``.
 The result, :class:`Prepared`, holds one array per run (rows = checkpoints in
 step order, columns = features) plus what is needed to explain and undo the
 scaling, and the train / held-out split of the runs.
@@ -26,11 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from trainmap.analysis.synthetic import PAPER_FEATURES
-
-NORMALIZATIONS = ("per_run", "pooled")
-# Chosen by the selection study in docs/selection.md.
-DEFAULT_NORMALIZE = "pooled"
+from trainmap.analysis.settings import DEFAULT_NORMALIZE, NORMALIZATIONS
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 
 class PrepareError(ValueError):
@@ -143,7 +140,7 @@ def prepare_frames(
     def present(name: str) -> bool:
         return any(name in f.columns and f[name].notna().any() for f in frames.values())
 
-    wanted = list(PAPER_FEATURES if features is None else features)
+    wanted = list(WEIGHT_COLUMNS if features is None else features)
     if len(set(wanted)) != len(wanted):
         raise PrepareError(f"features listed twice: {wanted}")
     chosen = [f for f in wanted if present(f)]

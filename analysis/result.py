@@ -110,6 +110,7 @@ class FitResult:
     # Added by analysis (defaults keep older constructors working):
     warnings: list[str] = field(default_factory=list)  # dropped features, truncated runs, ...
     loaded: bool = False  # True when this result came from the store, not a new fit
+    stale: bool = False  # True when the runs changed since this saved fit (api.latest_fit)
     # How n was selected (analysis.model.describe_selection): criterion,
     # max_states_tried, extended, at_ceiling, penalty, effective_rows,
     # autocorr_time, message, ...; {} for fits saved before it existed.

@@ -54,6 +54,23 @@ def fits_dir(root, experiment) -> Path:
     return rundir.experiment_path(root, experiment) / FITS_DIR
 
 
+def fits_fingerprint(root, experiment) -> str:
+    """Changes whenever a saved fit appears or changes (names, sizes and mtimes; nothing is read)."""
+    base = fits_dir(root, experiment)
+    digest = hashlib.sha256()
+    if base.is_dir() and not base.is_symlink():  # a linked .fits is refused anyway
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                try:
+                    stat = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), base)
+                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
 def _linked(path: Path) -> bool:
     """Whether ``path`` or its parent (the ``.fits`` folder) is a symlink."""
     return path.is_symlink() or path.parent.is_symlink()

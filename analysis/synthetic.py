@@ -34,28 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-# The paper's 14 HMM features, in the order of METHOD.md section 1.
-PAPER_FEATURES = (
-    "l1",
-    "l2",
-    "code_sparsity",
-    "trace",
-    "spectral",
-    "computational_sparsity",
-    "mean_sv",
-    "var_sv",
-    "mean_w",
-    "median_w",
-    "var_w",
-    "mean_b",
-    "median_b",
-    "var_b",
-)
-BIAS_FEATURES = ("mean_b", "median_b", "var_b")
-SCALAR_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc")
+from trainmap.trainer.columns import BIAS_COLUMNS, WEIGHT_COLUMNS
 
-# Plausible magnitudes so the written files look like real metrics: observed value
-# = base + unit * latent, where the latent signal is in "standard deviation" units.
+# Plausible magnitudes of the WEIGHT_COLUMNS, in order, so the written files look like real
+# metrics: observed value = base + unit * latent, the latent in "standard deviation" units.
 _BASE = np.array([120.0, 12.0, 9.0, 1.5, 4.0, 0.4, 0.8, 0.3, 0.0, 0.0, 0.01, 0.0, 0.0, 0.02])
 _UNIT = np.array([15.0, 1.5, 0.5, 0.3, 0.6, 0.05, 0.1, 0.05, 1e-3, 1e-3, 2e-3, 2e-3, 2e-3, 4e-3])
 
@@ -66,7 +48,7 @@ def default_branches(n_states: int) -> list[list[int]]:
     Every run starts in state 0 and ends in state ``n_states - 1``. With three or
     more states the map forks: a main branch ``0, 1, ..., K-3, K-1`` and a detour
     branch ``0, K-2, 1, ..., K-3, K-1`` that visits an extra state and therefore
-    converges later (a detour state in the sense of METHOD.md section 4).
+    converges later (a detour state in the sense of docs/method.md section 4).
     For 4 states: ``[[0, 1, 3], [0, 2, 1, 3]]``.
     """
     if n_states < 1:
@@ -284,7 +266,7 @@ def make_synthetic(
     width = len(str(n_runs - 1))
     out = SyntheticExperiment(
         run_names=[f"seed-{i:0{width}d}" for i in range(n_runs)],
-        feature_names=list(PAPER_FEATURES[:n_features]),
+        feature_names=list(WEIGHT_COLUMNS[:n_features]),
         X=[],
         paths=[],
         epochs=[],
@@ -359,7 +341,7 @@ def write_synthetic_experiment(
     truth.params = params
     for name in ("X", "paths", "epochs", "steps", "scalars", "convergence_epoch", "diverged_at"):
         setattr(truth, name, [])
-    drop = set() if biases else set(BIAS_FEATURES)
+    drop = set() if biases else set(BIAS_COLUMNS)
     for i, run in enumerate(truth.run_names):
         X, path, epochs, steps, scalars = _generate_run(
             i,

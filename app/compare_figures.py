@@ -1,10 +1,10 @@
 """Pure builders of the Compare page: a comparison (plain data) in, elements and figures out.
 
 The comparison is ``analysis.compare.Comparison.to_dict()``. Nothing here
-imports Dash or the cache (as in ``app.figures``), so every function is
+imports Dash or the cache (as in every ``app/*_figures.py``), so every function is
 tested without a server or a browser.
 
-Colours: a matched phase ``M<g>`` is drawn with ``figures.state_color(g)`` in
+Colours: a matched phase ``M<g>`` is drawn with ``common_figures.state_color(g)`` in
 every experiment's map, so the same colour means the same phase across maps.
 Groups follow the first experiment's state order, so its map keeps the
 colours of its own Training map page.
@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 
 from trainmap.analysis.compare_cli import detour_count_words
 from trainmap.app import evidence
-from trainmap.app.figures import map_stylesheet, state_color
+from trainmap.app.common_figures import state_color
+from trainmap.app.map_figures import map_stylesheet
 
 # Experiments on the convergence chart (not phases): greys and a blue, so
 # they are not mistaken for the phase colours of the maps.
@@ -45,7 +46,7 @@ def node_label(state: Mapping, experiment: str, group: Mapping) -> str:
 
 
 def matched_elements(elements: Sequence[Mapping], comparison: Mapping, index: int) -> list[dict]:
-    """Map elements (``figures.map_elements``) of experiment ``index``, in matched phases.
+    """Map elements (``map_figures.map_elements``) of experiment ``index``, in matched phases.
 
     Nodes take their group's colour and label (their own state number stays in
     ``state_label``), a sentence on the match (``match_text``) and the class

@@ -1,6 +1,6 @@
 """Small Dash building blocks shared by the pages (controls, messages).
 
-Unlike ``app.figures`` these return Dash components; they hold no data logic.
+Unlike the ``app/*_figures.py`` builders these return Dash components; they hold no data logic.
 """
 
 from __future__ import annotations

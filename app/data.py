@@ -17,8 +17,6 @@ can reach a path outside it.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +27,17 @@ import pandas as pd
 from flask import current_app
 from flask_caching import Cache
 
-from trainmap.app import compare_figures, evidence, figures
+from trainmap.app import (
+    common_figures,
+    compare_figures,
+    curve_figures,
+    evidence,
+    map_figures,
+    prediction_figures,
+    runs_figures,
+    selection_figures,
+    strip_figures,
+)
 from trainmap.trainer import rundir
 
 cache = Cache()
@@ -40,8 +48,6 @@ cache = Cache()
 _LOCAL_FITS: OrderedDict = OrderedDict()
 _LOCAL_FITS_SIZE = 3
 _LOCAL_LOCK = threading.Lock()
-
-FITS_DIR = ".fits"
 
 # Set by create_app: the root a background fit (a forked process without
 # Flask's app context) works in. Never taken from the browser.
@@ -100,26 +106,6 @@ def data_fingerprint(root: str, experiment: str) -> str:
     return rundir.experiment_fingerprint(root, experiment)
 
 
-def fits_fingerprint(root: str, experiment: str) -> str:
-    """Changes whenever a saved fit appears or changes (names, sizes, mtimes).
-
-    Only stats files under ``EXPERIMENT/.fits``; reading them is analysis's job.
-    """
-    fits = rundir.experiment_path(root, experiment) / FITS_DIR
-    digest = hashlib.sha256()
-    if fits.is_dir() and not fits.is_symlink():  # analysis refuses a linked .fits too
-        for dirpath, dirnames, filenames in os.walk(fits):
-            dirnames.sort()
-            for name in sorted(filenames):
-                try:
-                    stat = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                rel = os.path.relpath(os.path.join(dirpath, name), fits)
-                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
 # A page load fires several callbacks at once, each needing the fingerprint,
 # which stats two files per run (~25 ms for 400 runs). Each process reuses a
 # fingerprint for this many seconds, so changes on disk show up at most this
@@ -135,7 +121,9 @@ def fingerprint(root: str, experiment: str) -> str:
     cached = _FINGERPRINTS.get(key)
     if cached is not None and now - cached[0] < FINGERPRINT_TTL:
         return cached[1]
-    value = f"{data_fingerprint(root, experiment)}-{fits_fingerprint(root, experiment)}"
+    from trainmap import analysis  # where the fits are stored is analysis's business
+
+    value = f"{data_fingerprint(root, experiment)}-{analysis.fits_fingerprint(root, experiment)}"
     _FINGERPRINTS[key] = (now, value)
     return value
 
@@ -228,7 +216,7 @@ def metric_names(root: str, experiment: str, fp: str, sample: int = 5) -> list[s
     for run in run_names(root, experiment, fp):  # broken runs do not count towards the sample
         frame = load_run_metrics(root, experiment, run)
         if frame is not None:
-            names.update(dict.fromkeys(figures.metric_columns(frame.columns)))
+            names.update(dict.fromkeys(curve_figures.metric_columns(frame.columns)))
             readable += 1
             if readable == sample:
                 break
@@ -252,42 +240,17 @@ def metric_band(root: str, experiment: str, fp: str, metric: str) -> pd.DataFram
     """Mean +- std of one metric per epoch over all readable runs (only that column is read)."""
     runs = run_names(root, experiment, fp)
     frames = (load_run_columns(root, experiment, run, [metric]) for run in runs)
-    return figures.metric_band((f for f in frames if f is not None), metric)
+    return curve_figures.metric_band((f for f in frames if f is not None), metric)
 
 
 # ----------------------------------------------------------------- fits
 
 
-def _load_fit_uncached(root: str, experiment: str):
-    """The fit to show, through the analysis API (never computes), or None.
-
-    The newest saved fit whose runs are unchanged is loaded with the parameters
-    it was made with (``trainmap fit`` options included). If every saved fit is
-    older than the runs (e.g. runs still training), the newest one is shown and
-    marked ``stale`` so the pages can say so.
-    """
-    from trainmap import analysis  # the app draws fits, analysis computes and stores them
-    from trainmap.analysis import store
-
-    saved = analysis.list_fits(root, experiment)
-    current = [fit for fit in saved if fit["current"]]
-    if current:
-        fit = analysis.load_fit(root, experiment, **current[0]["params"])
-        if fit is not None:
-            fit.stale = False
-            return fit
-    for candidate in saved:
-        found = store.find_fit(root, experiment, candidate["key"])
-        if found is not None:
-            fit = found[0]
-            fit.stale = True
-            return fit
-    return None
-
-
 @cache.memoize()
 def _fit_result_shared(root: str, experiment: str, fp: str):
-    return _load_fit_uncached(root, experiment)
+    from trainmap import analysis  # the app draws fits, analysis computes and stores them
+
+    return analysis.latest_fit(root, experiment)  # stale if the runs changed since
 
 
 def fit_result(root: str, experiment: str, fp: str):
@@ -321,7 +284,7 @@ def fit_overview(root: str, experiment: str, fp: str) -> dict | None:
         "feature_names": list(fit.feature_names),
         "params": dict(fit.params),
         "convergence": dict(selected.convergence_epoch),
-        "stale": bool(getattr(fit, "stale", False)),
+        "stale": bool(fit.stale),
         "warnings": list(getattr(fit, "warnings", [])),
         "bootstrap": dict(getattr(fit, "bootstrap", None) or {}),
         "selection": dict(getattr(fit, "selection", None) or {}),
@@ -334,7 +297,7 @@ def map_view(root: str, experiment: str, fp: str, n: int) -> list[dict] | None:
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
+    return map_figures.map_elements(fit.maps[n], bootstrap=getattr(fit, "bootstrap", None))
 
 
 @cache.memoize()
@@ -383,7 +346,7 @@ def states_table(root: str, experiment: str, fp: str, n: int) -> pd.DataFrame | 
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.states_frame(fit.maps[n])
+    return map_figures.states_frame(fit.maps[n])
 
 
 @cache.memoize()
@@ -425,7 +388,7 @@ def modal_states(root: str, experiment: str, fp: str, n: int) -> tuple[list, lis
     fit = fit_result(root, experiment, fp)
     if fit is None or n not in fit.maps:
         return None
-    return figures.modal_states(fit.maps[n])
+    return curve_figures.modal_states(fit.maps[n])
 
 
 @cache.memoize()
@@ -435,7 +398,7 @@ def strip_view(root: str, experiment: str, fp: str, n: int, run: str | None) -> 
     if fit is None or n not in fit.maps:
         return None
     labels = state_labels(root, experiment, fp, n)
-    return figures.strip_figure(fit.maps[n], labels, selected_run=run).to_plotly_json()
+    return strip_figures.strip_figure(fit.maps[n], labels, selected_run=run).to_plotly_json()
 
 
 # ------------------------------------------------------------------ views
@@ -449,8 +412,8 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
     """Table rows, status counts and the progress plot of the Runs page."""
     summaries = run_summaries(root, experiment, fp)
     overview = fit_overview(root, experiment, fp)
-    rows = figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
-    counts = ", ".join(f"{k}: {v}" for k, v in figures.status_counts(rows).items())
+    rows = runs_figures.runs_table_rows(summaries, overview["convergence"] if overview else None)
+    counts = ", ".join(f"{k}: {v}" for k, v in runs_figures.status_counts(rows).items())
     readable = [r["run"] for r in rows if r["status"] != rundir.BROKEN]
     # The progress plot reads one metric of each run; past max_curves runs it
     # shows the first ones only, so a page for hundreds of runs still opens quickly.
@@ -466,12 +429,12 @@ def runs_view(root: str, experiment: str, fp: str, max_curves: int = 40) -> dict
         for run, f in frames.items()
         if metric in f
     }
-    figure = figures.progress_figure(thinned, metric)
+    figure = runs_figures.progress_figure(thinned, metric)
     if len(readable) > max_curves:
         figure.update_layout(title=f"{metric}: first {max_curves} of {len(readable)} runs")
     return {
         "rows": rows,
-        "counts": f"{figures.plural(len(rows), 'run')} ({counts})",
+        "counts": f"{common_figures.plural(len(rows), 'run')} ({counts})",
         "figure": figure.to_plotly_json(),
     }
 
@@ -481,7 +444,9 @@ def selection_view(root: str, experiment: str, fp: str, chosen: int, height: int
     overview = fit_overview(root, experiment, fp)
     if overview is None:
         return None
-    figure = figures.selection_figure(overview["sweep"], overview["selected_n"], chosen, height)
+    figure = selection_figures.selection_figure(
+        overview["sweep"], overview["selected_n"], chosen, height
+    )
     return figure.to_plotly_json()
 
 
@@ -504,7 +469,7 @@ def curves_view(
     all_seeds = states is None and band and n is not None
     if all_seeds:
         states = modal_states(root, experiment, fp, int(n))
-    figure = figures.metric_figure(
+    figure = curve_figures.metric_figure(
         metric,
         run_frame=run_frame,
         run_name=run,
@@ -516,15 +481,13 @@ def curves_view(
         uirevision=f"{experiment}/{metric}",
     )
     labels = state_labels(root, experiment, fp, int(n)) if n is not None else None
-    return figures.name_phases(figure.to_plotly_json(), labels, all_seeds=bool(all_seeds))
+    return curve_figures.name_phases(figure.to_plotly_json(), labels, all_seeds=bool(all_seeds))
 
 
 def fit_command(root: str, experiment: str) -> str:
     """The exact CLI command that fits an experiment (as the Fit now button does)."""
-    command = f"trainmap fit {Path(root) / experiment}"
-    for key, value in BACKGROUND.get("fit_params", {}).items():
-        command += f" --{key.replace('_', '-')} {value}"
-    return command
+    options = BACKGROUND["fit_settings"].cli_options() if "fit_settings" in BACKGROUND else ""
+    return f"trainmap fit {Path(root) / experiment} {options}".rstrip()
 
 
 # ---------------------------------------------------------------- compare
@@ -575,7 +538,9 @@ def compare_view(root: str, experiments: tuple, fps: tuple, match_on: str = "aut
             elements.append([])
             continue
         tmap = fit.maps[side["n_states"]]
-        elements.append(compare_figures.matched_elements(figures.map_elements(tmap), comparison, i))
+        elements.append(
+            compare_figures.matched_elements(map_figures.map_elements(tmap), comparison, i)
+        )
     return {
         "comparison": comparison,
         "elements": elements,
@@ -682,7 +647,7 @@ def runs_predictions(root: str, experiment: str, fp: str) -> dict[str, str]:
         if summary["status"] in PREDICTED_STATUSES:
             view = prediction_view(root, experiment, fp, summary["run"])
             if view is not None:
-                out[summary["run"]] = figures.prediction_cell(
+                out[summary["run"]] = prediction_figures.prediction_cell(
                     view["prediction"], view["validation"]
                 )
     return out

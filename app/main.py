@@ -7,7 +7,8 @@ and tests call :func:`create_app` directly.
 This module only wires things together (as in the Dash Pages examples): the
 Flask server with its health endpoint and cache, the navigation bar and the
 page container. Each page in ``app/pages/`` holds its own layout and
-callbacks; data loading is in ``app/data.py``, figures in ``app/figures.py``.
+callbacks; data loading is in ``app/data.py``, figures in one pure
+``app/*_figures.py`` module per page.
 
 Environment variables:
 
@@ -40,6 +41,7 @@ import dash
 import flask
 from dash import ALL, Dash, Input, Output, State, dcc, html
 
+from trainmap.analysis.settings import FitSettings
 from trainmap.app import components, data
 from trainmap.trainer import rundir
 from trainmap.trainer.errors import UserError
@@ -243,8 +245,8 @@ def create_app(
 
     The cache goes to Redis when ``redis_url`` (or ``$TRAINMAP_CACHE_REDIS_URL``)
     is set, else to files in ``cache_dir`` (or ``$TRAINMAP_CACHE_DIR``).
-    ``fit_params`` are keyword arguments for ``analysis.fit_experiment`` when a
-    user fits from the Model selection page (default: analysis's defaults).
+    ``fit_params`` change the ``analysis.settings.FitSettings`` a user fits with
+    from the Model selection page (default: its defaults); they are checked here.
     """
     root = root or os.environ.get("TRAINMAP_ROOT")
     if not root:
@@ -271,7 +273,10 @@ def create_app(
     # The fit runs in a forked process without Flask's app context; it reads the
     # root from here (one served root per process), never from the browser.
     data.BACKGROUND["root"] = str(root_path)
-    data.BACKGROUND["fit_params"] = dict(fit_params or {})
+    try:
+        data.BACKGROUND["fit_settings"] = FitSettings().replace(**(fit_params or {})).validate()
+    except (TypeError, ValueError) as error:
+        raise UserError(f"fit settings for the Fit now button: {error}") from None
 
     @server.route("/health")
     def health():

@@ -129,9 +129,9 @@ class _Camera:
         self.driver, self.base, self.root, self.out = driver, base, str(root), out
 
     def _fit_map(self, experiment: str):
-        from trainmap.app import data
+        from trainmap import analysis
 
-        fit = data._load_fit_uncached(self.root, experiment)  # the fit the pages show
+        fit = analysis.latest_fit(self.root, experiment)  # the fit the pages show
         return fit.map()
 
     def _open(self, path: str, height: int = HEIGHT) -> None:

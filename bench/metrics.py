@@ -46,7 +46,8 @@ import warnings
 import numpy as np
 import torch
 
-from trainmap.trainer.metrics import WEIGHT_COLUMNS, WeightMetrics, dist_irr, grad_sym
+from trainmap.trainer.columns import WEIGHT_COLUMNS
+from trainmap.trainer.metrics import WeightMetrics, dist_irr, grad_sym
 from trainmap.trainer.tasks import get_task
 from trainmap.trainer.train import make_optimizer
 

@@ -19,9 +19,10 @@ from sklearn.metrics import adjusted_rand_score
 from trainmap.analysis import api, store
 from trainmap.analysis.model import DEFAULT_CRITERION, select_n
 from trainmap.analysis.prepare import DEFAULT_NORMALIZE, PrepareError, prepare_frames, split_runs
-from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
 from trainmap.trainer import rundir
 from trainmap.trainer.cli import main as trainmap
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 SEED = 0
 print(f"analysis tests: synthetic seed {SEED}")
@@ -89,8 +90,8 @@ def test_synthetic_writer_round_trip(tmp_path):
     assert not broken and [r.name for r in runs] == truth.run_names
     for i, run in enumerate(runs):
         assert list(run.metrics.columns[:2]) == ["epoch", "step"]
-        assert set(PAPER_FEATURES) <= set(run.metrics.columns)
-        assert np.allclose(run.metrics[list(PAPER_FEATURES)].to_numpy(), memory.X[i])
+        assert set(WEIGHT_COLUMNS) <= set(run.metrics.columns)
+        assert np.allclose(run.metrics[list(WEIGHT_COLUMNS)].to_numpy(), memory.X[i])
         assert np.array_equal(truth.paths[i], memory.paths[i])
         assert run.metrics["eval_acc"].max() >= 0.9
     assert truth.convergence_epoch == memory.convergence_epoch
@@ -183,7 +184,7 @@ def test_map_contents(experiment):
     assert any("mean_b" in w for w in caught)  # biases dropped with a warning
     assert any("seed-11" in w for w in caught)  # the diverged run named
     assert "truncated" in result.excluded_runs["seed-11"]
-    assert result.feature_names == [f for f in PAPER_FEATURES if not f.endswith("_b")]
+    assert result.feature_names == [f for f in WEIGHT_COLUMNS if not f.endswith("_b")]
     assert set(result.maps) == set(result.sweep.loc[result.sweep.feasible, "n"])
     for n, m in result.maps.items():
         assert m.n_states == n and len(m.states) == n
@@ -214,7 +215,7 @@ def test_infeasible_n_is_recorded_not_raised():
     # 2 train runs x 12 checkpoints = 24 rows; with 3 features (diag) n=1 has 6
     # free parameters, n=2 15, n=3 26 and n=4 39: n >= 3 cannot be identified.
     truth = make_synthetic(3, 12, seed=1, n_states=2, n_features=3)
-    prepared = prepare_frames(frames_of(truth), features=list(PAPER_FEATURES[:3]), heldout=0.34)
+    prepared = prepare_frames(frames_of(truth), features=list(WEIGHT_COLUMNS[:3]), heldout=0.34)
     result, _ = api.fit_prepared(prepared, max_states=4, restarts=2, workers=1)
     sweep = result.sweep.set_index("n")
     assert sweep.loc[1, "feasible"] and sweep.loc[2, "feasible"]
@@ -228,7 +229,7 @@ def test_infeasible_n_is_recorded_not_raised():
 
 def test_fixed_seed_is_deterministic():
     truth = make_synthetic(6, 60, seed=2, n_states=3, n_features=5)
-    prepared = prepare_frames(frames_of(truth), features=list(PAPER_FEATURES[:5]))
+    prepared = prepare_frames(frames_of(truth), features=list(WEIGHT_COLUMNS[:5]))
     a, arrays_a = api.fit_prepared(prepared, max_states=3, restarts=2, workers=1, seed=7)
     b, arrays_b = api.fit_prepared(prepared, max_states=3, restarts=2, workers=2, seed=7)
     pd.testing.assert_frame_equal(a.sweep.drop(columns="seconds"), b.sweep.drop(columns="seconds"))
@@ -286,16 +287,26 @@ def test_store_round_trip_without_pickle_and_invalidation(experiment, tmp_path):
 
     shutil.copytree(root / "exp", tmp_path / "exp")
     assert api.load_fit(tmp_path, "exp", **FIT) is not None
+    latest = api.latest_fit(tmp_path, "exp")
+    assert latest.fingerprint == result.fingerprint and latest.loaded and not latest.stale
+    fits_fp = store.fits_fingerprint(tmp_path, "exp")
     writer = rundir.RunWriter.reopen(tmp_path / "exp" / "seed-00")
     row = rundir.load_run(tmp_path, "exp", "seed-00").metrics.iloc[-1].to_dict()
     writer.append({**row, "epoch": int(row["epoch"]) + 1, "step": int(row["step"]) + 10})
     writer.finish()
     assert api.load_fit(tmp_path, "exp", **FIT) is None
     assert api.list_fits(tmp_path, "exp")[0]["current"] is False
+    # ... but stays the one to show, marked stale (the dashboard and compare say so).
+    latest = api.latest_fit(tmp_path, "exp")
+    assert latest.fingerprint == result.fingerprint and latest.stale
+    assert store.fits_fingerprint(tmp_path, "exp") == fits_fp  # the fits did not change
     # The listing reads the small summary; a fit saved without one lists the same.
     listed = api.list_fits(tmp_path, "exp")
     (store.fits_dir(tmp_path, "exp") / result.fingerprint / "summary.json").unlink()
     assert api.list_fits(tmp_path, "exp") == listed
+    assert store.fits_fingerprint(tmp_path, "exp") != fits_fp
+    shutil.rmtree(store.fits_dir(tmp_path, "exp"))
+    assert api.latest_fit(tmp_path, "exp") is None
 
 
 def test_bad_parameters_are_value_errors(experiment):
@@ -307,9 +318,40 @@ def test_bad_parameters_are_value_errors(experiment):
         dict(n_states=9),
         dict(backend="dask"),  # no scheduler
         dict(max_states=0),
+        dict(seed=-1),
+        dict(threshold=float("nan")),
+        dict(bootstrap=-1),
     ):
         with pytest.raises(ValueError):
             api.fit_experiment(root, "exp", **{**FIT, **bad})
+    with pytest.raises(TypeError):  # not a setting: never silently ignored by a fit
+        api.fit_experiment(root, "exp", **FIT, max_state=3)
+
+
+def test_fit_settings_are_one_type_for_cli_api_and_store(experiment):
+    from trainmap.analysis.cli import add_arguments, fit_settings
+    from trainmap.analysis.model import CRITERIA
+    from trainmap.analysis.settings import CRITERIA_NAMES, FitSettings
+
+    root, _, result, _ = experiment
+    assert set(CRITERIA) == set(CRITERIA_NAMES)
+    # The CLI's defaults are FitSettings' defaults; its options set the same fields.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert fit_settings(parser.parse_args(["r/e"])) == FitSettings()
+    asked = fit_settings(parser.parse_args(["r/e", "--max-states", "5", "--features", "l1, l2"]))
+    assert asked == FitSettings(max_states=5, features=("l1", "l2"))
+    # A FitSettings, keyword arguments, or both: the same request and the same saved fit.
+    settings = FitSettings(**FIT)
+    assert api.fit_experiment(root, "exp", settings).fingerprint == result.fingerprint
+    assert api.load_fit(root, "exp", FitSettings(), **FIT).fingerprint == result.fingerprint
+    key = settings.key_params()  # what the saved fit is keyed by, as it records it
+    assert {name: result.params[name] for name in key} == key
+    # The command the dashboard shows for these settings parses back to them.
+    options = settings.cli_options().split()
+    assert fit_settings(parser.parse_args(["r/e", *options])) == settings
 
 
 # ---------------------------------------------------------------------- CLI

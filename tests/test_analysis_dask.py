@@ -7,13 +7,14 @@ import pytest
 
 from trainmap.analysis.api import fit_prepared
 from trainmap.analysis.prepare import prepare_frames
-from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic
+from trainmap.analysis.synthetic import make_synthetic
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 
 def test_dask_backend_matches_loky(cluster):
     truth = make_synthetic(8, 60, seed=4, n_states=3, n_features=5)
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
-    prepared = prepare_frames(frames, features=list(PAPER_FEATURES[:5]))
+    prepared = prepare_frames(frames, features=list(WEIGHT_COLUMNS[:5]))
     common = dict(max_states=3, restarts=2, workers=2, seed=3, bootstrap=0)
     seen = []
     on_dask, _ = fit_prepared(

@@ -67,11 +67,11 @@ def fixture_root(tmp_path_factory):
 
 @pytest.fixture
 def dash_app(fixture_root, tmp_path):
-    from trainmap.app import data
+    from trainmap import analysis
     from trainmap.app.main import create_app
 
     root, truth = fixture_root
-    fit = data._load_fit_uncached(str(root), EXPERIMENT)  # what the pages will show
+    fit = analysis.latest_fit(str(root), EXPERIMENT)  # what the pages will show
     assert fit is not None and not fit.stale and len(fit.maps) == 4
     return create_app(root, cache_dir=tmp_path / "cache"), truth, fit
 
@@ -425,7 +425,7 @@ def emit_mouseover(dash_duo, element_id: str):
 
 
 def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app):
-    from trainmap.app import figures
+    from trainmap.app import common_figures
 
     app, truth, fit = dash_app
     dash_duo.driver.set_window_size(1400, 1000)
@@ -440,7 +440,7 @@ def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app)
         "return document.getElementById('map-graph')._cyreg.cy.getElementById(arguments[0])"
         ".data('label');",
         edge_id,
-    ) == figures.prob_text(edge.prob)
+    ) == common_figures.prob_text(edge.prob)
 
     # Hover a node: it and its neighbours stay, the rest fades.
     node = tmap.states[0].state
@@ -464,15 +464,15 @@ def test_map_hover_highlights_neighbours_and_switches_panels(dash_duo, dash_app)
     # Counts are pluralised.
     visited = tmap.states[0].visited_runs
     assert (
-        f"visited by {figures.plural(visited, 'run')}"
+        f"visited by {common_figures.plural(visited, 'run')}"
         in dash_duo.find_element("#map-hover-node").text
     )
 
     # Then an edge: the node panel clears, the edge panel shows p per checkpoint.
     emit_mouseover(dash_duo, edge_id)
-    dash_duo.wait_for_contains_text("#map-hover-edge", f"p = {figures.prob_text(edge.prob)}")
+    dash_duo.wait_for_contains_text("#map-hover-edge", f"p = {common_figures.prob_text(edge.prob)}")
     text = dash_duo.find_element("#map-hover-edge").text
-    assert "per checkpoint" in text and f"{figures.plural(edge.n_runs, 'run')} take" in text
+    assert "per checkpoint" in text and f"{common_figures.plural(edge.n_runs, 'run')} take" in text
     dash_duo.wait_for_text_to_equal(
         "#map-hover-node", "State: hover one to see its feature profile."
     )

@@ -70,9 +70,9 @@ def test_health_and_pages(client):
 
 
 def test_callbacks_over_http(client, fitted_root):
-    from trainmap.app import data
+    from trainmap import analysis
 
-    fit = data._load_fit_uncached(str(fitted_root), EXPERIMENT)
+    fit = analysis.latest_fit(str(fitted_root), EXPERIMENT)
     out = call(client, "map-graph.elements", {"map-experiment.value": EXPERIMENT, "map-n.value": 2})
     elements = out["map-graph"]["elements"]
     assert sum("source" not in e["data"] for e in elements) == 2
@@ -275,7 +275,7 @@ def test_import_app_does_not_import_torch(fitted_root):
     code = textwrap.dedent(
         f"""
         import sys
-        import app, app.main, app.cli, app.data, app.figures
+        import app, app.main, app.cli, app.data, app.map_figures
         from trainmap.app.main import create_app
         client = create_app({str(fitted_root)!r}, cache_dir={str(fitted_root / ".cache-t")!r}).server.test_client()
         for path in ("/", "/map", "/selection", "/curves", "/health", "/_dash-layout"):

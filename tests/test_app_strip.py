@@ -13,7 +13,7 @@ from test_app_support import truth_fit
 
 from trainmap.analysis import captions
 from trainmap.analysis.synthetic import make_synthetic
-from trainmap.app import figures
+from trainmap.app import common_figures, curve_figures, map_figures, strip_figures
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def with_never_converged(tmap, run):
 
 def test_strip_rows_sorted_by_convergence_with_never_converged_last(fit):
     tmap = with_never_converged(fit.map(4), "seed-0")
-    fig = figures.strip_figure(tmap, captions.state_labels(tmap), selected_run="seed-3")
+    fig = strip_figures.strip_figure(tmap, captions.state_labels(tmap), selected_run="seed-3")
     heat = fig.data[0]
     conv = tmap.convergence_epoch
     expected = sorted((r for r in tmap.paths if conv[r] is not None), key=lambda r: (conv[r], r))
@@ -44,7 +44,7 @@ def test_strip_rows_sorted_by_convergence_with_never_converged_last(fit):
 def test_strip_cells_are_the_decoded_states(fit):
     tmap = fit.map(4)
     labels = captions.state_labels(tmap, {1: "plateau"})
-    fig = figures.strip_figure(tmap, labels)
+    fig = strip_figures.strip_figure(tmap, labels)
     heat = fig.data[0]
     for i, run in enumerate(heat.y):
         columns = [list(heat.x).index(e) for e in tmap.epochs[run]]
@@ -55,7 +55,7 @@ def test_strip_cells_are_the_decoded_states(fit):
     # Colours: state k maps onto state_color(k) in the discrete scale.
     n = tmap.n_states
     assert [list(p) for p in heat.colorscale[::2]] == [
-        [k / n, figures.state_color(k)] for k in range(n)
+        [k / n, common_figures.state_color(k)] for k in range(n)
     ]
     assert (heat.zmin, heat.zmax) == (-0.5, n - 0.5)
     legend = [t.name for t in fig.data if t.name and t.name.startswith("S")]
@@ -66,7 +66,7 @@ def test_strip_outlines_detours_and_frames_the_selected_run(fit):
     tmap = fit.map(4)
     detours = {s.state for s in tmap.states if s.is_detour}
     assert detours, "the synthetic truth has a detour branch"
-    fig = figures.strip_figure(tmap, selected_run="seed-3")
+    fig = strip_figures.strip_figure(tmap, selected_run="seed-3")
     outlined = [s for s in fig.layout.shapes if s.name.startswith("detour")]
     runs = list(fig.data[0].y)
     expected_rows = {runs.index(r) for r, path in tmap.paths.items() if detours & set(path)}
@@ -79,24 +79,26 @@ def test_modal_states_take_the_most_common_state_per_epoch():
     tmap = type("Map", (), {})()
     tmap.paths = {"a": [0, 0, 1], "b": [0, 1, 1], "c": [1, 1, 2]}
     tmap.epochs = {"a": [1, 2, 3], "b": [1, 2, 3], "c": [1, 2, 3]}
-    assert figures.modal_states(tmap) == ([1, 2, 3], [0, 1, 1])
+    assert curve_figures.modal_states(tmap) == ([1, 2, 3], [0, 1, 1])
     tmap.paths = {"a": [0, 2], "b": [1, 1]}
     tmap.epochs = {"a": [1, 2], "b": [1, 2]}
-    assert figures.modal_states(tmap) == ([1, 2], [0, 1])  # ties: the lower state
+    assert curve_figures.modal_states(tmap) == ([1, 2], [0, 1])  # ties: the lower state
 
 
 def test_all_seeds_curves_are_shaded_by_the_most_common_state(fit):
     tmap = fit.map(4)
     band = pd.DataFrame({"epoch": [1, 2], "mean": [0.1, 0.2], "std": [0.0, 0.0], "count": [8, 8]})
-    epochs, path = figures.modal_states(tmap)
-    figure = figures.metric_figure("l2", band=band, states=(epochs, path)).to_plotly_json()
-    named = figures.name_phases(figure, captions.state_labels(tmap, {0: "early"}), all_seeds=True)
+    epochs, path = curve_figures.modal_states(tmap)
+    figure = curve_figures.metric_figure("l2", band=band, states=(epochs, path)).to_plotly_json()
+    named = curve_figures.name_phases(
+        figure, captions.state_labels(tmap, {0: "early"}), all_seeds=True
+    )
     rects = [s for s in named["layout"]["shapes"] if s["type"] == "rect"]
-    assert len(rects) == len(figures.state_segments(epochs, path))
+    assert len(rects) == len(common_figures.state_segments(epochs, path))
     assert rects[0]["name"] == "S0 early"
     span = rects[-1]["x1"] - rects[0]["x0"]
     for rect in rects:  # wide stretches are labelled in place, narrow ones are not
-        wide = rect["x1"] - rect["x0"] >= figures.PHASE_LABEL_MIN_WIDTH * span
+        wide = rect["x1"] - rect["x0"] >= curve_figures.PHASE_LABEL_MIN_WIDTH * span
         assert ("label" in rect) == wide
         assert not wide or rect["label"]["text"] == rect["name"]
     assert any("label" in rect for rect in rects)
@@ -107,20 +109,20 @@ def test_all_seeds_curves_are_shaded_by_the_most_common_state(fit):
 def test_exports_carry_state_names_and_captions(fit):
     tmap = fit.map(4)
     labels = captions.state_labels(tmap, {2: "late"})
-    frame = figures.with_state_names(figures.states_frame(tmap), labels)
+    frame = common_figures.with_state_names(map_figures.states_frame(tmap), labels)
     assert set(frame.loc[frame["state"] == 2, "state_name"]) == {"late"}
     assert set(frame.loc[frame["state"] != 2, "state_name"]) == {""}
     assert set(frame.loc[frame["state"] == 0, "state_caption"]) == {labels[0]["caption"]}
     metrics = pd.DataFrame({"epoch": [1, 2, 999], "l2": [1.0, 2.0, 3.0]})
-    run = figures.run_export_frame(metrics, ([1, 2], [2, 0]))
-    named = figures.with_state_names(run, labels)
+    run = curve_figures.run_export_frame(metrics, ([1, 2], [2, 0]))
+    named = common_figures.with_state_names(run, labels)
     assert named["state_name"].tolist() == ["late", "", ""]  # no state at epoch 999
 
 
 def test_map_nodes_carry_names_captions_and_feature_definitions(fit):
     tmap = fit.map(4)
     labels = captions.state_labels(tmap, {0: "start"})
-    elements = figures.label_states(figures.map_elements(tmap), labels)
+    elements = map_figures.label_states(map_figures.map_elements(tmap), labels)
     node = next(e["data"] for e in elements if e["data"]["id"] == "s0")
     assert node["label"] == f"S0 start\n{labels[0]['caption']}" and node["name"] == "start"
     assert all(row["title"] and row["name"] for row in node["profile"])
@@ -129,7 +131,7 @@ def test_map_nodes_carry_names_captions_and_feature_definitions(fit):
 
 
 def test_metric_options_grouped_by_hook_point_and_searchable():
-    options = figures.metric_options(["a/l2", "l2", "eval_acc", "b/var_w", "custom"])
+    options = curve_figures.metric_options(["a/l2", "l2", "eval_acc", "b/var_w", "custom"])
     values = [o["value"] for o in options]
     assert values == [
         "__group__",
@@ -150,8 +152,8 @@ def test_metric_options_grouped_by_hook_point_and_searchable():
 
 
 def test_a_large_strip_stays_light(fit, monkeypatch):
-    monkeypatch.setattr(figures, "STRIP_MAX_TEXT_CELLS", 10)
-    monkeypatch.setattr(figures, "STRIP_MAX_TICKS", 4)
-    fig = figures.strip_figure(fit.map(4))
+    monkeypatch.setattr(strip_figures, "STRIP_MAX_TEXT_CELLS", 10)
+    monkeypatch.setattr(strip_figures, "STRIP_MAX_TICKS", 4)
+    fig = strip_figures.strip_figure(fit.map(4))
     assert fig.data[0].text is None and "S%{z}" in fig.data[0].hovertemplate
     assert fig.layout.yaxis.showticklabels is False and fig.layout.yaxis.ticktext is None

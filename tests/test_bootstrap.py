@@ -23,7 +23,8 @@ from trainmap.analysis.bootstrap import (
 )
 from trainmap.analysis.cli import format_bootstrap, format_map
 from trainmap.analysis.prepare import prepare_frames
-from trainmap.analysis.synthetic import PAPER_FEATURES, make_synthetic, write_synthetic_experiment
+from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 SEED = 1
 print(f"bootstrap tests: synthetic seed {SEED}")
@@ -36,7 +37,7 @@ def prepared_of(truth):
     frames = {name: truth.frame(i) for i, name in enumerate(truth.run_names)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return prepare_frames(frames, features=list(PAPER_FEATURES[: len(truth.feature_names)]))
+        return prepare_frames(frames, features=list(WEIGHT_COLUMNS[: len(truth.feature_names)]))
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_bootstrap_is_saved_loaded_and_added_to_an_existing_fit(tmp_path):
     write_synthetic_experiment(
         tmp_path, "exp", n_runs=MIN_RUNS, n_checkpoints=60, seed=SEED, n_states=2, n_features=4
     )
-    fit = dict(max_states=3, restarts=2, workers=2, features=list(PAPER_FEATURES[:4]))
+    fit = dict(max_states=3, restarts=2, workers=2, features=list(WEIGHT_COLUMNS[:4]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = api.fit_experiment(tmp_path, "exp", bootstrap=0, **fit)

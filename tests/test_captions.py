@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import warnings
@@ -14,6 +13,7 @@ from test_app_support import EXPERIMENT, make_root
 
 from trainmap.analysis import captions, glossary, store
 from trainmap.analysis.result import StateInfo, TrainingMap
+from trainmap.trainer.columns import SCALAR_COLUMNS, WEIGHT_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,25 +67,9 @@ def test_good_state_names_are_stripped():
     assert captions.clean_state_name("   ") == ""
 
 
-def registry_columns() -> list[str]:
-    """WEIGHT_COLUMNS and SCALAR_COLUMNS as trainer/metrics.py defines them, read without torch."""
-    tree = ast.parse((ROOT / "trainer" / "metrics.py").read_text())
-    matrix, value, scalars = [], [], []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            decorators = {d.id for d in node.decorator_list if isinstance(d, ast.Name)}
-            if "matrix_metric" in decorators:
-                matrix.append(node.name)
-            if "value_metric" in decorators:
-                value.append(node.name)
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SCALAR_COLUMNS":
-            scalars = list(ast.literal_eval(node.value))
-    assert len(matrix) == 8 and len(value) == 3 and len(scalars) == 6
-    return matrix + [f"{v}_{s}" for s in "wb" for v in value] + scalars
-
-
 def test_glossary_covers_every_column_the_trainer_writes():
-    columns = registry_columns()
+    # trainer.columns holds the registry's names (tests/test_metrics.py checks that)
+    columns = WEIGHT_COLUMNS + SCALAR_COLUMNS
     assert set(columns) == set(glossary.ENTRIES)
     for column in columns:
         entry = glossary.describe(column)

@@ -317,7 +317,7 @@ def test_compare_imports_no_torch_and_the_cli_imports_cheaply():
 
 
 def test_builders_colour_matched_phases_alike(experiments):
-    from trainmap.app import compare_figures, figures
+    from trainmap.app import common_figures, compare_figures, map_figures
 
     root, _ = experiments
     c = compare_experiments([(root, "A"), (root, "B")])
@@ -325,13 +325,13 @@ def test_builders_colour_matched_phases_alike(experiments):
     colour_of = {}
     for i, side in enumerate(c.experiments):
         fit = load_for_compare(root, side["name"]).fit
-        elements = compare_figures.matched_elements(figures.map_elements(fit.map()), data, i)
+        elements = compare_figures.matched_elements(map_figures.map_elements(fit.map()), data, i)
         nodes = [e for e in elements if "source" not in e["data"]]
         edges = [e for e in elements if "source" in e["data"]]
         assert len(nodes) == side["n_states"] and len(edges) == len(fit.map().edges)
         for node in nodes:
             group = c.group_of(side["name"], node["data"]["state"])
-            assert node["data"]["color"] == figures.state_color(group["group"])
+            assert node["data"]["color"] == common_figures.state_color(group["group"])
             assert node["data"]["state_label"] == f"S{node['data']['state']}"
             if group["matched"]:
                 assert node["data"]["label"] == group["label"]
@@ -343,7 +343,7 @@ def test_builders_colour_matched_phases_alike(experiments):
                 assert node["data"]["match_text"].startswith("No counterpart")
         for edge in edges:  # an edge takes its source phase's colour, as on the map page
             source = c.group_of(side["name"], int(edge["data"]["source"][1:]))
-            assert edge["data"]["color"] == figures.state_color(source["group"])
+            assert edge["data"]["color"] == common_figures.state_color(source["group"])
             assert edge["data"]["source_label"] == source["label"]
     assert colour_of and all(len(colours) == 1 for colours in colour_of.values())
 

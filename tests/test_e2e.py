@@ -109,7 +109,7 @@ def test_demo_trains_a_live_run_and_shows_its_prediction_as_it_trains(demo, dash
     """After fitting, one more seed trains while the demo serves; its prediction is live."""
     from trainmap import analysis
     from trainmap.analysis import predict, predict_study
-    from trainmap.app import figures
+    from trainmap.app import prediction_figures
     from trainmap.trainer import rundir
 
     url, root, output = demo
@@ -135,7 +135,7 @@ def test_demo_trains_a_live_run_and_shows_its_prediction_as_it_trains(demo, dash
     def cell_is_current_prediction():
         shown = live_cell(dash_br)
         summary = predict.predict_run(root, EXPERIMENT, LIVE_RUN).summary()
-        return shown and shown == figures.prediction_cell(summary, validation) and shown
+        return shown and shown == prediction_figures.prediction_cell(summary, validation) and shown
 
     dash_br.driver.get(f"{url}/?experiment={EXPERIMENT}")
     cell = wait_for(cell_is_current_prediction, timeout=30, message="the live run's prediction")

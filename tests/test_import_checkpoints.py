@@ -18,8 +18,8 @@ from trainmap.trainer.checkpoints import (
     load_state_dict,
     parse_position,
 )
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 from trainmap.trainer.errors import UserError
-from trainmap.trainer.metrics import WEIGHT_COLUMNS
 from trainmap.trainer.tasks import get_task
 from trainmap.trainer.train import train_run
 

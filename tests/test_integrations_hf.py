@@ -15,7 +15,7 @@ import torch
 
 from trainmap.trainer import Tracker, rundir
 from trainmap.trainer.checkpoints import import_checkpoints
-from trainmap.trainer.metrics import WEIGHT_COLUMNS
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from trainmap.trainer import Tracker, rundir
 from trainmap.trainer.checkpoints import import_checkpoints
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 from trainmap.trainer.errors import UserError
-from trainmap.trainer.metrics import WEIGHT_COLUMNS
 
 L = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed")
 import pytorch_lightning as PL  # noqa: E402 - after the skip: it comes with lightning

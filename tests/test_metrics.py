@@ -1,4 +1,4 @@
-"""Every registered metric against an independent numpy computation (METHOD.md §1).
+"""Every registered metric against an independent numpy computation (docs/method.md §1).
 
 Parametrized over the registry, Cockpit-style: a metric added to
 ``trainer.metrics`` without a numpy reference here makes
@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainmap.trainer.columns import MATRIX_STATISTICS, VALUE_STATISTICS, WEIGHT_COLUMNS
 from trainmap.trainer.metrics import (
     MATRIX_METRICS,
     VALUE_METRICS,
-    WEIGHT_COLUMNS,
     HookPointError,
     WeightMetrics,
     dist_irr,
@@ -131,6 +131,9 @@ def case(request):
 def test_every_registered_metric_has_a_reference():
     assert set(MATRIX_METRICS) == set(NUMPY_MATRIX)
     assert set(VALUE_METRICS) == set(NUMPY_VALUE)
+    # the torch-free names analysis and app read are the registry's, in its order
+    assert tuple(MATRIX_METRICS) == MATRIX_STATISTICS
+    assert tuple(VALUE_METRICS) == VALUE_STATISTICS
     assert len(WEIGHT_COLUMNS) == 14
 
 

@@ -16,7 +16,7 @@ import pytest
 from trainmap.analysis import predict, predict_study
 from trainmap.analysis.evidence import km_median
 from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
-from trainmap.app import figures
+from trainmap.app import curve_figures, prediction_figures
 from trainmap.trainer import rundir
 from trainmap.trainer.cli import main as cli_main
 
@@ -228,39 +228,54 @@ WORSE = {"verdict": "not_better", "message": "does NOT beat the naive baselines 
 
 
 def test_prediction_cell_shows_a_number_only_when_validated():
-    assert figures.prediction_cell(SUMMARY, BETTER) == "~61 (56–64), 9 runs"
-    assert figures.prediction_cell(SUMMARY, WORSE).startswith("56–64, 9 runs (interval only")
-    assert figures.prediction_cell({**SUMMARY, "high": None}, BETTER) == "~61 (56–open), 9 runs"
-    assert figures.prediction_cell({**SUMMARY, "converged_at": 50}, BETTER) == "converged at 50"
-    assert figures.prediction_cell({**SUMMARY, "basis": None}, BETTER) == "not enough runs to tell"
-    assert figures.prediction_cell({"error": "x"}, None) == "no prediction: x"
-    rows = figures.with_predictions([{"run": "a"}, {"run": "b"}], {"b": "~61"})
+    assert prediction_figures.prediction_cell(SUMMARY, BETTER) == "~61 (56–64), 9 runs"
+    assert prediction_figures.prediction_cell(SUMMARY, WORSE).startswith(
+        "56–64, 9 runs (interval only"
+    )
+    assert (
+        prediction_figures.prediction_cell({**SUMMARY, "high": None}, BETTER)
+        == "~61 (56–open), 9 runs"
+    )
+    assert (
+        prediction_figures.prediction_cell({**SUMMARY, "converged_at": 50}, BETTER)
+        == "converged at 50"
+    )
+    assert (
+        prediction_figures.prediction_cell({**SUMMARY, "basis": None}, BETTER)
+        == "not enough runs to tell"
+    )
+    assert prediction_figures.prediction_cell({"error": "x"}, None) == "no prediction: x"
+    rows = prediction_figures.with_predictions([{"run": "a"}, {"run": "b"}], {"b": "~61"})
     assert [r["predicted_convergence"] for r in rows] == ["", "~61"]
 
 
 def test_add_prediction_draws_band_and_line_only_when_validated():
-    base = figures.metric_figure("eval_acc").to_plotly_json()
-    confident = figures.add_prediction(base, SUMMARY, BETTER)["layout"]
+    base = curve_figures.metric_figure("eval_acc").to_plotly_json()
+    confident = prediction_figures.add_prediction(base, SUMMARY, BETTER)["layout"]
     band, line = confident["shapes"]
     assert (band["type"], band["x0"], band["x1"]) == ("rect", 56.0, 64.0)
     assert (line["type"], line["x0"]) == ("line", 61.0)
     assert confident["annotations"][0]["text"] == "predicted convergence ~61 (56–64), 9 runs"
-    unsure = figures.add_prediction(base, SUMMARY, WORSE)["layout"]
+    unsure = prediction_figures.add_prediction(base, SUMMARY, WORSE)["layout"]
     assert [s["type"] for s in unsure["shapes"]] == ["rect"]
     assert "interval only" in unsure["annotations"][0]["text"]
-    open_end = figures.add_prediction(base, {**SUMMARY, "high": None}, WORSE)["layout"]
+    open_end = prediction_figures.add_prediction(base, {**SUMMARY, "high": None}, WORSE)["layout"]
     assert open_end["shapes"][0]["x1"] == 99.0  # to the last epoch any reference run was seen
-    done = figures.add_prediction(base, {**SUMMARY, "converged_at": 50}, BETTER)
+    done = prediction_figures.add_prediction(base, {**SUMMARY, "converged_at": 50}, BETTER)
     assert not done["layout"].get("shapes")
     assert base["layout"].get("shapes") in (None, [], ())  # the input is not modified
     # A run the fit never decoded: its states so far shade the background too.
     live = {**SUMMARY, "epochs": [0, 1, 2, 3], "path": [0, 0, 1, 1]}
-    shaded = figures.add_prediction(base, live, WORSE, shade_states=True)["layout"]["shapes"]
+    shaded = prediction_figures.add_prediction(base, live, WORSE, shade_states=True)["layout"][
+        "shapes"
+    ]
     assert [s["name"] for s in shaded] == ["S0", "S1", "S0->S1", "predicted convergence interval"]
     assert shaded[2]["x0"] == 1.5
-    converged = figures.add_prediction(base, {**live, "converged_at": 3}, BETTER, shade_states=True)
+    converged = prediction_figures.add_prediction(
+        base, {**live, "converged_at": 3}, BETTER, shade_states=True
+    )
     assert [s["name"] for s in converged["layout"]["shapes"]] == ["S0", "S1", "S0->S1"]
-    words = figures.prediction_words(SUMMARY, WORSE)
+    words = prediction_figures.prediction_words(SUMMARY, WORSE)
     assert words.startswith("Now in S1 of the 4-state map (p = 0.97) at epoch 40.")
     assert "between epochs 56 and 64" in words and "does NOT beat" in words
 
@@ -306,12 +321,14 @@ def test_dashboard_loaders_follow_a_running_run(fitted, tmp_path, monkeypatch):
             reference = predict.load_reference(root, EXPERIMENT)
             validation = predict_study.validate(root, EXPERIMENT, reference=reference)
             first = predict.predict_run(root, EXPERIMENT, "live", reference=reference)
-            assert cells == {"live": figures.prediction_cell(first.summary(), validation)}
+            assert cells == {
+                "live": prediction_figures.prediction_cell(first.summary(), validation)
+            }
             live.append_frame(truth.frame(2).iloc[10:40])
             fp = data.fingerprint(str(root), EXPERIMENT)
             second = predict.predict_run(root, EXPERIMENT, "live", reference=reference)
             assert second.epoch == 39 and second.summary() != first.summary()
-            cell = figures.prediction_cell(second.summary(), validation)
+            cell = prediction_figures.prediction_cell(second.summary(), validation)
             assert data.runs_predictions(str(root), EXPERIMENT, fp) == {"live": cell}
             view = data.prediction_view(str(root), EXPERIMENT, fp, "live")
             assert view["prediction"]["epoch"] == 39 and view["validation"]["verdict"]

@@ -17,7 +17,7 @@ from test_app_browser import assert_no_console_errors, nav, wait_for, xdg_dirs  
 
 from trainmap.analysis import predict, predict_study
 from trainmap.analysis.synthetic import make_synthetic, write_synthetic_experiment
-from trainmap.app import figures
+from trainmap.app import prediction_figures
 from trainmap.trainer import rundir
 
 pytestmark = pytest.mark.browser
@@ -52,7 +52,7 @@ def live_root(tmp_path):
 def expected_cell(root) -> str:
     summary = predict.predict_run(root, EXPERIMENT, "live").summary()
     validation = predict_study.validate(root, EXPERIMENT)
-    return figures.prediction_cell(summary, validation)
+    return prediction_figures.prediction_cell(summary, validation)
 
 
 def live_cell(dash_duo) -> str:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from trainmap.trainer import Tracker, rundir
-from trainmap.trainer.metrics import WEIGHT_COLUMNS, HookPointError, WeightMetrics
+from trainmap.trainer.columns import WEIGHT_COLUMNS
+from trainmap.trainer.metrics import HookPointError, WeightMetrics
 
 
 def toy_model():

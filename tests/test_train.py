@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from trainmap.trainer import cli, rundir
+from trainmap.trainer.columns import SCALAR_COLUMNS, WEIGHT_COLUMNS
 from trainmap.trainer.errors import UserError
-from trainmap.trainer.metrics import SCALAR_COLUMNS, WEIGHT_COLUMNS
 from trainmap.trainer.train import parse_seeds, train_seeds
 
 torch.set_num_threads(1)  # the runs use one thread each; keep this process from oversubscribing

@@ -1,4 +1,4 @@
-"""The metric registry: weight statistics per checkpoint, exactly as METHOD.md §1 defines them.
+"""The metric registry: weight statistics per checkpoint, exactly as docs/method.md §1 defines them.
 
 Two kinds of small pure functions, each registered by a decorator, so adding a
 metric is adding one function:
@@ -8,6 +8,10 @@ metric is adding one function:
   column is the average over all matrices (``l1``, ``spectral``, ...);
 * **value metrics** take a flat tensor of values and return a scalar; they are
   applied to all weights (``mean_w``) and to all biases (``mean_b``).
+
+A function's name is its column's; ``trainer.columns`` lists the same names
+without torch, for the analysis and the dashboard (tests/test_metrics.py checks
+that the two agree).
 
 :class:`WeightMetrics` finds the matrices and biases of the chosen hook points
 once, then on every call computes the singular values of every matrix ONCE
@@ -37,13 +41,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainmap.trainer.columns import WEIGHT_COLUMNS
 from trainmap.trainer.errors import UserError
 
 __all__ = [
     "MATRIX_METRICS",
     "VALUE_METRICS",
-    "WEIGHT_COLUMNS",
-    "SCALAR_COLUMNS",
     "HookPointError",
     "WeightMetrics",
     "resolve_hook_points",
@@ -160,17 +163,6 @@ def var(values: Tensor) -> Tensor:
     exact = values.double()  # float32 values are exact in float64: no cancellation below
     centred = exact - exact.mean()
     return centred.dot(centred) / values.numel()  # ddof=0
-
-
-WEIGHT_COLUMNS = (
-    *MATRIX_METRICS,
-    *(f"{name}_w" for name in VALUE_METRICS),
-    *(f"{name}_b" for name in VALUE_METRICS),
-)
-"""The 14 weight-statistics columns (the paper's HMM features), in METHOD.md order."""
-
-SCALAR_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc", "grad_sym", "dist_irr")
-"""The other 6 of the 20 metrics: logged by the training loop, not computed from weights."""
 
 
 # ------------------------------------------------------- finding the weights

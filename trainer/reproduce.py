@@ -4,7 +4,7 @@ One command trains (or reuses) the ``quick`` preset of every built-in task over
 the same seeds, fits each experiment with trainmap's defaults and a bootstrap
 over runs, times some epochs of each ``paper`` preset to say what the full
 configuration costs on this machine, and writes one table row per claim of
-*Latent State Models of Training Dynamics* (METHOD.md §5) with trainmap's
+*Latent State Models of Training Dynamics* (docs/method.md §5) with trainmap's
 number, its uncertainty and a verdict: reproduced, partly, or not.
 
 Verdicts are rules written down here (``CLAIMS``), not judgement calls made
@@ -302,7 +302,7 @@ def render(claims, fits, train_seconds, costs, seeds, command, machine) -> str:
         "",
         f"**{counts['reproduced']} reproduced, {counts['partly']} partly, {counts['not']} not** "
         f"out of {len(claims)} claims of *Latent State Models of Training Dynamics* "
-        "(Hu et al., TMLR 2023; METHOD.md §5), each checked by a rule written in "
+        "(Hu et al., TMLR 2023; [method.md](method.md) §5), each checked by a rule written in "
         "`trainer/reproduce.py`. trainmap ran the `quick` presets (CPU-sized models and runs, "
         f"seeds {seeds}), not the paper's configuration: read a number here as what this "
         "CPU-sized setup shows, not as the paper's experiment rerun.",

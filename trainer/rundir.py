@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainmap.trainer.columns import INDEX_COLUMNS
 from trainmap.trainer.errors import UserError
 
 FORMAT_VERSION = 1
@@ -68,7 +69,6 @@ STATE_INFO = "state.json"
 
 STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 BROKEN = "broken"
-INDEX_COLUMNS = ("epoch", "step")
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,127}$")
 

@@ -4,7 +4,7 @@ One run's curve, the mean +- std band of all seeds, or both; the background
 is shaded by the chosen run's decoded states under the n-state map (same
 colours as the map's nodes) and each transition is a dotted line. With no run
 chosen and "all seeds" on, the shading is the most common state per epoch over
-all runs (``figures.modal_states``): the phases of the mean curve, without
+all runs (``curve_figures.modal_states``): the phases of the mean curve, without
 picking a run; the strip on the Training map shows every run's own states.
 Legends use the states' names and captions (``analysis.captions``). The run
 chosen on the Runs page or the Training map arrives here through the URL.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from trainmap.app import components, data, figures
+from trainmap.app import common_figures, components, curve_figures, data, prediction_figures
 
 dash.register_page(
     __name__, path="/curves", name="Metric curves", title="trainmap: metric curves", order=3
@@ -172,7 +172,7 @@ def choices(experiment, request):
             message,
         ]
     return (
-        figures.metric_options(metrics),
+        curve_figures.metric_options(metrics),
         metric,
         [{"label": r, "value": r} for r in runs],
         run,
@@ -199,12 +199,12 @@ def draw(experiment, metric, run, n, options, smoothing, _ticks, last_fp):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
     if experiment is None or metric is None:
-        return figures.metric_figure(metric or ""), "", None
+        return curve_figures.metric_figure(metric or ""), "", None
     fp = data.fingerprint(root, experiment)
     if dash.ctx.triggered_id == "curves-interval" and fp == last_fp:
         return no_update, no_update, no_update  # nothing changed on disk
     if metric not in data.metric_names(root, experiment, fp):
-        return figures.metric_figure(metric), "", fp
+        return curve_figures.metric_figure(metric), "", fp
     run = data.valid_run(root, experiment, fp, run)
     options = options or []
     n = int(n) if n is not None else None
@@ -226,8 +226,8 @@ def draw(experiment, metric, run, n, options, smoothing, _ticks, last_fp):
     # A run the fit has not decoded (it started after the fit) is shaded by its
     # states so far, when the chart shows the same map the prediction uses.
     shade = n == prediction.get("n") and data.run_states(root, experiment, fp, n, run) is None
-    figure = figures.add_prediction(figure, prediction, validation, shade_states=shade)
-    return figure, figures.prediction_words(prediction, validation), fp
+    figure = prediction_figures.add_prediction(figure, prediction, validation, shade_states=shade)
+    return figure, prediction_figures.prediction_words(prediction, validation), fp
 
 
 @callback(
@@ -279,7 +279,7 @@ def download_run(_clicks, experiment, run, n):
     if frame is None:
         return no_update
     states = data.run_states(root, experiment, fp, int(n), run) if n is not None else None
-    out = figures.run_export_frame(frame, states)
+    out = curve_figures.run_export_frame(frame, states)
     if n is not None:
-        out = figures.with_state_names(out, data.state_labels(root, experiment, fp, int(n)))
+        out = common_figures.with_state_names(out, data.state_labels(root, experiment, fp, int(n)))
     return dcc.send_data_frame(out.to_csv, f"{experiment}-{run}-metrics.csv", index=False)

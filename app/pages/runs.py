@@ -17,7 +17,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dash_table, dcc, html, no_update
 
-from trainmap.app import components, data, figures
+from trainmap.app import components, data, prediction_figures, runs_figures
 
 dash.register_page(__name__, path="/", name="Runs", title="trainmap: runs", order=0)
 
@@ -84,7 +84,9 @@ def layout(experiment=None, n=None, run=None, metric=None, **query):
 def _table(run: str | None) -> dash_table.DataTable:
     return dash_table.DataTable(
         id="runs-table",
-        columns=figures.runs_table_columns([], (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)),
+        columns=runs_figures.runs_table_columns(
+            [], (*runs_figures.RUNS_COLUMNS, prediction_figures.PREDICTION_COLUMN)
+        ),
         data=[],
         sort_action="native",
         filter_action="native",
@@ -95,10 +97,13 @@ def _table(run: str | None) -> dash_table.DataTable:
         style_cell={"textAlign": "left", "padding": "4px 8px"},
         # Long reasons wrap instead of pushing the other columns off screen.
         style_cell_conditional=[
-            *({"if": {"column_id": key}, "textAlign": "right"} for key in figures.NUMERIC_COLUMNS),
+            *(
+                {"if": {"column_id": key}, "textAlign": "right"}
+                for key in runs_figures.NUMERIC_COLUMNS
+            ),
             {"if": {"column_id": "reason"}, "maxWidth": "320px", "whiteSpace": "normal"},
             {
-                "if": {"column_id": figures.PREDICTION_COLUMN[0]},
+                "if": {"column_id": prediction_figures.PREDICTION_COLUMN[0]},
                 "maxWidth": "260px",
                 "whiteSpace": "normal",
             },
@@ -130,19 +135,21 @@ def _table(run: str | None) -> dash_table.DataTable:
 def refresh(experiment, _ticks, last_fp, zoom):
     root = data.current_root()
     experiment = data.valid_experiment(root, experiment)
-    columns = (*figures.RUNS_COLUMNS, figures.PREDICTION_COLUMN)
+    columns = (*runs_figures.RUNS_COLUMNS, prediction_figures.PREDICTION_COLUMN)
     if experiment is None:
-        empty = figures.runs_table_columns([], columns)
-        return [], empty, "", figures.progress_figure({}, "eval_acc"), None
+        empty = runs_figures.runs_table_columns([], columns)
+        return [], empty, "", runs_figures.progress_figure({}, "eval_acc"), None
     fp = data.fingerprint(root, experiment)
     if fp == last_fp:
         return no_update, no_update, no_update, no_update, no_update  # nothing changed on disk
     view = data.runs_view(root, experiment, fp)
     figure = view["figure"]
     if dash.ctx.triggered_id == "runs-interval":
-        figure = figures.keep_view(go.Figure(figure), zoom)  # keep the user's zoom
-    rows = figures.with_predictions(view["rows"], data.runs_predictions(root, experiment, fp))
-    return rows, figures.runs_table_columns(rows, columns), view["counts"], figure, fp
+        figure = runs_figures.keep_view(go.Figure(figure), zoom)  # keep the user's zoom
+    rows = prediction_figures.with_predictions(
+        view["rows"], data.runs_predictions(root, experiment, fp)
+    )
+    return rows, runs_figures.runs_table_columns(rows, columns), view["counts"], figure, fp
 
 
 @callback(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from trainmap.app import components, data, evidence, figures
+from trainmap.app import common_figures, components, data, evidence, selection_figures
 from trainmap.trainer.errors import UserError
 
 try:  # "Fit now" runs in a background process managed through diskcache
@@ -106,7 +106,7 @@ def render(experiment, click, _fitted, chosen, query):
     if dash.ctx.triggered_id == "selection-graph" and click:
         chosen = data.parse_n(click["points"][0].get("x"), ns, chosen)
     params = overview["params"]
-    bad = figures.infeasible_ns(overview["sweep"])
+    bad = selection_figures.infeasible_ns(overview["sweep"])
     info = html.Div(
         [
             components.fit_warnings(root, experiment, overview),
@@ -139,7 +139,7 @@ def render(experiment, click, _fitted, chosen, query):
                 id="selection-uncertainty",
             ),
             html.P(
-                f"{figures.plural(len(overview['runs']), 'run')}, "
+                f"{common_figures.plural(len(overview['runs']), 'run')}, "
                 f"features: {', '.join(overview['feature_names'])}",
                 className="muted",
             ),
@@ -205,10 +205,10 @@ def fit_now(set_progress, clicks, experiment):
     if experiment is None:
         return dash.no_update, html.P("This experiment no longer exists.", className="warning")
     set_progress(("0", "100", "preparing the runs..."))
-    params = data.BACKGROUND.get("fit_params", {})
+    settings = data.BACKGROUND.get("fit_settings")  # analysis.settings.FitSettings
     try:
         analysis.fit_experiment(
-            root, experiment, progress=_progress_reporter(set_progress), **params
+            root, experiment, settings, progress=_progress_reporter(set_progress)
         )
     except (ValueError, UserError) as error:
         set_progress(("0", "100", "fit failed"))

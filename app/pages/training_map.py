@@ -2,13 +2,13 @@
 
 The Cytoscape component is part of the page's static layout and callbacks
 only replace its ``elements`` (dash-cytoscape misbehaves when the component
-itself is created by a callback). Positions are preset (``figures.map_positions``)
+itself is created by a callback). Positions are preset (``map_figures.map_positions``)
 so the map looks the same on every load. Hovering an edge shows the features
 driving that transition; hovering a node shows the state's feature profile.
 Choosing a run highlights its decoded path and makes it the run of the
 Metric curves page; clicking a point of the small selection plot changes n.
 
-Below the map, the runs × epochs strip (``figures.strip_figure``) shows every
+Below the map, the runs × epochs strip (``strip_figures.strip_figure``) shows every
 run's decoded states in one picture, sorted by convergence epoch; clicking a
 row highlights that run here and, through the URL, on every page. It sits on
 this page rather than its own because it reads together with the map: the
@@ -25,7 +25,7 @@ import dash_cytoscape as cyto
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from trainmap.analysis.glossary import TERMS
-from trainmap.app import components, data, figures
+from trainmap.app import common_figures, components, data, map_figures
 
 dash.register_page(
     __name__, path="/map", name="Training map", title="trainmap: training map", order=2
@@ -33,7 +33,7 @@ dash.register_page(
 
 
 # Marks, then captions under the nodes; hovering appends focus rules last.
-STYLESHEET = figures.map_stylesheet() + figures.caption_stylesheet()
+STYLESHEET = map_figures.map_stylesheet() + map_figures.caption_stylesheet()
 
 
 def _rename_form() -> html.Div:
@@ -242,11 +242,11 @@ def show_map(experiment, n, run, _names):
         return []
     labels = data.state_labels(root, experiment, fp, int(n))
     if labels:
-        elements = figures.label_states(elements, labels)
+        elements = map_figures.label_states(elements, labels)
     if run:
         states = data.run_states(root, experiment, fp, int(n), run)
         if states is not None:
-            elements = figures.highlight_path(elements, states[1])
+            elements = map_figures.highlight_path(elements, states[1])
     return elements
 
 
@@ -311,18 +311,18 @@ def hover(edge, node, elements):
     trigger = dash.ctx.triggered_id and dash.ctx.triggered[0]["prop_id"].split(".")[-1]
     ids = {e["data"]["id"] for e in elements or []}
     if trigger == "mouseoverEdgeData" and edge and edge.get("id") in ids:
-        focus = figures.neighbourhood(elements, edge["id"])
+        focus = map_figures.neighbourhood(elements, edge["id"])
         return (
             edge_panel(edge),
             html.P(NODE_PROMPT, className="muted"),
-            STYLESHEET + figures.focus_stylesheet(focus, edge["id"]),
+            STYLESHEET + map_figures.focus_stylesheet(focus, edge["id"]),
         )
     if trigger == "mouseoverNodeData" and node and node.get("id") in ids:
-        focus = figures.neighbourhood(elements, node["id"])
+        focus = map_figures.neighbourhood(elements, node["id"])
         return (
             html.P(EDGE_PROMPT, className="muted"),
             node_panel(node),
-            STYLESHEET + figures.focus_stylesheet(focus, node["id"]),
+            STYLESHEET + map_figures.focus_stylesheet(focus, node["id"]),
         )
     return (
         html.P(EDGE_PROMPT, className="muted"),
@@ -344,9 +344,9 @@ def edge_panel(edge: dict) -> list:
         for f in edge.get("features", [])
     ]
     source, target = edge["source"].upper(), edge["target"].upper()
-    runs = figures.plural(edge["n_runs"], "run")
+    runs = common_figures.plural(edge["n_runs"], "run")
     return [
-        html.H5(f"{source} → {target}  (p = {figures.prob_text(edge['prob'])})"),
+        html.H5(f"{source} → {target}  (p = {common_figures.prob_text(edge['prob'])})"),
         html.P(
             f"p is the chance, per checkpoint, that a run in {source} is in {target} "
             "at the next checkpoint.",
@@ -355,7 +355,7 @@ def edge_panel(edge: dict) -> list:
         ),
         html.P(
             f"{runs} {'takes' if edge['n_runs'] == 1 else 'take'} it "
-            f"({figures.plural(edge['n_transitions'], 'time')}); "
+            f"({common_figures.plural(edge['n_transitions'], 'time')}); "
             f"their mean convergence epoch: {f'{conv:.1f}' if conv is not None else 'n/a'}"
         ),
         html.P(edge.get("stability_text", ""), className="muted", id="map-edge-stability"),
@@ -395,7 +395,7 @@ def node_panel(node: dict) -> list:
         html.P(node.get("caption", ""), id="map-node-caption"),
         html.P(
             f"occupancy {node['occupancy']:.1%}, mean epoch {node['mean_epoch']}, "
-            f"visited by {figures.plural(node['visited_runs'], 'run')}"
+            f"visited by {common_figures.plural(node['visited_runs'], 'run')}"
         ),
         html.P(node.get("detour_text", ""), id="map-node-detour"),
         html.P(node.get("stability_text", ""), className="muted", id="map-node-stability"),
@@ -444,7 +444,7 @@ def download_states(_clicks, experiment, n):
     frame = data.states_table(root, experiment, fp, int(n))
     if frame is None:
         return no_update
-    frame = figures.with_state_names(frame, data.state_labels(root, experiment, fp, int(n)))
+    frame = common_figures.with_state_names(frame, data.state_labels(root, experiment, fp, int(n)))
     return dcc.send_data_frame(frame.to_csv, f"{experiment}-states-n{n}.csv", index=False)
 
 

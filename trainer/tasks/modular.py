@@ -4,7 +4,7 @@ The paper's setup (Hu et al. 2023, after Nanda et al. 2023): p = 113, 30% of
 all p*p pairs for training, a one-layer transformer with d_model 128, 4 heads
 of 32, MLP 512 with ReLU, no LayerNorm, full-batch AdamW lr 1e-3, weight decay
 1.0, betas (0.9, 0.98). The LayerNorm variant adds pre-norms and a final norm
-and trains with batch 256 (METHOD.md §5).
+and trains with batch 256 (docs/method.md §5).
 
 Presets
 -------

@@ -99,9 +99,11 @@ def main(args: argparse.Namespace) -> int:
         from trainmap.app.cli import check_address
 
         check_address(args.host, args.port)
-    from trainmap.app.live_run import LiveRun
+    from trainmap.app.live_run import LiveRun, unused_seed
 
-    live = LiveRun(args.root, tasks[0], args.preset, experiments[0], max(seeds) + 1, args.live_pace)
+    live = LiveRun(
+        args.root, tasks[0], args.preset, experiments[0], unused_seed(seeds), args.live_pace
+    )
     live.clear()  # the previous demo's, before the fit, which must not see it (app/live_run.py)
     started = time.time()
 

@@ -47,6 +47,13 @@ from trainmap.trainer.errors import UserError
 STOP_GRACE = 10.0  # seconds the child gets to mark its run interrupted
 
 
+def unused_seed(seeds) -> int:
+    """The smallest seed not among ``seeds`` (24 for 0-23): one the fit never saw,
+    and never past the largest seed the trainer accepts, whatever ``seeds`` holds."""
+    taken = set(seeds)
+    return next(seed for seed in range(len(taken) + 1) if seed not in taken)
+
+
 class LiveRun:
     """One seed of ``task`` trained into ``root/experiment/live-seed-N`` in a child process."""
 

@@ -49,6 +49,7 @@ WARM_REPEATS = 30
 def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int, fit: bool) -> None:
     """Generate and fit once; later runs reuse both (the fit is found by analysis)."""
     from trainmap import analysis
+    from trainmap.analysis.settings import DEFAULT_RESAMPLES
     from trainmap.analysis.synthetic import write_synthetic_experiment
 
     if not (root / name / ".generated").exists():
@@ -64,7 +65,13 @@ def ensure_experiment(root: Path, name: str, n_runs: int, n_checkpoints: int, fi
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = analysis.fit_experiment(root, name, max_states=3, restarts=1, workers=2)
+        # 50 bootstrap refits of 400 runs x 10000 checkpoints take hours on 2 cores;
+        # the big case is fitted without them (its map then shows no stability).
+        bootstrap = 0 if n_runs * n_checkpoints > 1_000_000 else DEFAULT_RESAMPLES
+        result = analysis.fit_experiment(
+            root, name, max_states=3, restarts=1, workers=2, bootstrap=bootstrap
+        )
+        print(f"  bootstrap resamples: {bootstrap}")
     how = "loaded" if getattr(result, "loaded", False) else "fitted"
     print(f"  fit {how} in {time.perf_counter() - started:.1f} s (selected n={result.selected_n})")
 

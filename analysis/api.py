@@ -426,13 +426,8 @@ def _fingerprint_without_new_running_runs(root, experiment, fit: dict) -> str | 
     seen = store.run_names_at_fit(fit)
     if seen is None:
         return None
-    folder = rundir.experiment_path(root, experiment)
-    new = {
-        child.name
-        for child in folder.iterdir()
-        if child.is_dir() and not child.name.startswith(".") and child.name not in seen
-    }
-    if not new or any(rundir.summarize_run(folder / run).status != "running" for run in new):
+    new = set(rundir.run_folder_names(root, experiment)) - set(seen)
+    if not new or any(rundir.run_status(root, experiment, run) != "running" for run in new):
         return None
     return rundir.experiment_fingerprint(root, experiment, ignore=new)
 

@@ -1129,6 +1129,21 @@ def list_experiments(root: str | os.PathLike) -> list[str]:
     return names
 
 
+def run_folder_names(root: str | os.PathLike, experiment: str) -> list[str]:
+    """Names of an experiment's run folders, sorted (hidden ones such as ``.fits`` are not runs)."""
+    exp_path = experiment_path(root, experiment)
+    return [c.name for c in sorted(exp_path.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+
+
+def run_status(root: str | os.PathLike, experiment: str, run: str) -> str:
+    """The status ``list_runs`` gives one run, without summarising the others."""
+    try:
+        path = resolve_inside(root, experiment, run)
+    except UnsafePathError:
+        return BROKEN
+    return summarize_run(path, experiment).status
+
+
 def list_runs(root: str | os.PathLike, experiment: str) -> list[RunSummary]:
     """Every run of an experiment, broken ones included (status 'broken', with the reason)."""
     exp_path = experiment_path(root, experiment)

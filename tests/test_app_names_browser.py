@@ -128,8 +128,16 @@ def test_click_a_strip_row_selects_the_run_everywhere(dash_duo, dash_app):  # no
     assert all(("never converged" in t) == (conv[r] is None) for t, r in zip(order, expected))
 
     run = expected[len(expected) // 2]
-    click_strip_row(dash_duo, run, tmap.epochs[run][len(tmap.epochs[run]) // 2])
-    wait_for(lambda: query(dash_duo).get("run") == run, message="clicked run in the URL")
+    # A click that lands while plotly redraws the strip (its figure can arrive twice on
+    # first load) is dropped by the browser; a user clicks again, and so does this test.
+    for attempt in range(3):
+        click_strip_row(dash_duo, run, tmap.epochs[run][len(tmap.epochs[run]) // 2])
+        try:
+            wait_for(lambda: query(dash_duo).get("run") == run, 5, "clicked run in the URL")
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     assert dash_duo.find_element("#map-run").text.strip().startswith(run)
     wait_for(lambda: dash_duo.driver.find_elements(By.CSS_SELECTOR, "#map-graph"), message="map")
     # The other pages open with that run selected.

@@ -17,6 +17,7 @@ import warnings
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.action_builder import ActionBuilder
 from selenium.webdriver.common.by import By
@@ -604,6 +605,14 @@ def test_usable_at_800_px(dash_duo, dash_app):
     assert_no_console_errors(dash_duo)
 
 
+def is_hidden(dash_duo, selector: str) -> bool:
+    """True when the element is not displayed; False while Dash is replacing it."""
+    try:
+        return not dash_duo.find_element(selector).is_displayed()
+    except StaleElementReferenceException:
+        return False
+
+
 def test_empty_root_and_failed_fit_say_so(dash_duo, tmp_path):
     """An empty root: messages, no empty axes. Then runs too short for the
     features: "Fit now" shows the analysis's message and what to do."""
@@ -615,11 +624,11 @@ def test_empty_root_and_failed_fit_say_so(dash_duo, tmp_path):
     dash_duo.driver.set_window_size(1400, 1000)
     dash_duo.start_server(create_app(root, cache_dir=tmp_path / "cache", fit_params=params))
     dash_duo.wait_for_contains_text(".content", "No experiments under", timeout=10)
-    assert not dash_duo.find_element("#runs-progress").is_displayed()
-    assert not dash_duo.find_element("#runs-table").is_displayed()
+    wait_for(lambda: is_hidden(dash_duo, "#runs-progress"), message="no empty progress plot")
+    wait_for(lambda: is_hidden(dash_duo, "#runs-table"), message="no empty runs table")
     nav(dash_duo, "Model selection")
     dash_duo.wait_for_contains_text("#selection-info", "No experiments under", timeout=10)
-    assert not dash_duo.find_element("#selection-graph").is_displayed()
+    wait_for(lambda: is_hidden(dash_duo, "#selection-graph"), message="no empty axes")
 
     make_root(root, n_runs=3, n_checkpoints=4, experiment="short")
     dash_duo.driver.get(f"{dash_duo.server_url}/selection?experiment=short")

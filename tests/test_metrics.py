@@ -367,3 +367,71 @@ def test_gram_route_falls_back_per_matrix_only_where_needed(monkeypatch):
     for name, layer in model.items():
         sv = np.linalg.svd(as_numpy(layer.weight), compute_uv=False)
         assert columns[f"{name}/mean_sv"] == pytest.approx(sv.mean(), rel=1e-5, abs=0)
+
+
+# ------------------------------------- group moments: one pass per parameter
+
+
+def test_moments_merge_to_the_moments_of_the_union():
+    """Chan's pairwise update: merged moments equal those of the concatenated values."""
+    from trainmap.trainer.metrics import Moments, _moments
+
+    generator = torch.Generator().manual_seed(7)
+    parts = [
+        torch.randn(n, generator=generator) * s + c
+        for n, s, c in ((5, 1.0, 3.0), (1, 0.0, -2.0), (40, 1e-3, 0.5))
+    ]
+    merged = sum((_moments(p) for p in parts), Moments())
+    union = torch.cat(parts).double().numpy()
+    assert merged.count == union.size
+    assert merged.total == pytest.approx(union.sum(), rel=1e-12)
+    assert merged.centred_squares / merged.count == pytest.approx(union.var(), rel=1e-12)
+    assert Moments() + _moments(parts[0]) == _moments(parts[0])  # the empty set merges to the other
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 1e3])
+def test_variance_of_nearly_constant_weights_keeps_its_digits(offset):
+    """A matrix whose entries are all close to one value: sum of squares minus total^2/n
+    would cancel, so the deviations are summed directly (CANCELLATION_RATIO)."""
+    generator = torch.Generator().manual_seed(8)
+    model = nn.Sequential(nn.Linear(32, 48, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(offset + 1e-3 * torch.randn(48, 32, generator=generator))
+    columns, _ = WeightMetrics(model, None).compute()
+    weights = as_numpy(model[0].weight)
+    assert columns["var_w"] == pytest.approx(weights.var(), rel=1e-9)
+    assert columns["mean_w"] == pytest.approx(weights.mean(), rel=1e-12)
+
+
+def test_median_on_a_device_path_equals_the_numpy_path():
+    """The order statistics taken where the weights are (a GPU) give numpy's median;
+    checked here with CPU tensors, which take the same code."""
+    from trainmap.trainer.metrics import Moments, Values, median
+
+    generator = torch.Generator().manual_seed(9)
+    for sizes in ((7,), (6,), (3, 4), (1, 1)):
+        parts = [torch.randn(n, generator=generator) for n in sizes]
+        expected = float(
+            np.median(torch.cat(parts).double().numpy())
+        )  # mean of the middle two, exactly
+        count = sum(sizes)
+        as_tensors = median(Values(parts, Moments(count)))
+        as_arrays = median(Values([p.numpy() for p in parts], Moments(count)))
+        assert as_tensors == expected and as_arrays == expected
+
+
+def test_bfloat16_weights_are_measured():
+    model = nonsquare_model().to(torch.bfloat16)
+    columns, finite = WeightMetrics(model, ["0", "2"]).compute()
+    expected = reference_for(model, ["0", "2"])
+    assert finite
+    for column in WEIGHT_COLUMNS:
+        assert columns[column] == pytest.approx(expected[column], rel=1e-5, abs=1e-7), column
+
+
+def test_computing_leaves_the_weights_unchanged():
+    """The medians partition copies, never the weights themselves."""
+    model = nonsquare_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    WeightMetrics(model, ["0", "2", "3"]).compute()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -3,11 +3,13 @@
 Two kinds of small pure functions, each registered by a decorator, so adding a
 metric is adding one function:
 
-* **matrix metrics** take a batch of same-shape matrices ``(G, m, n)`` and their
-  singular values ``(G, k)`` and return one value per matrix ``(G,)``; the
-  column is the average over all matrices (``l1``, ``spectral``, ...);
-* **value metrics** take a flat tensor of values and return a scalar; they are
-  applied to all weights (``mean_w``) and to all biases (``mean_b``).
+* **matrix metrics** take a batch of same-shape matrices (:class:`Matrices`:
+  their entries ``(G, m, n)`` and singular values ``(G, k)``) and return one
+  value per matrix ``(G,)``; the column is the average over all matrices
+  (``l1``, ``spectral``, ...). A metric built from others (the sparsities)
+  asks the batch for them, ``m.metric(l1)``, so each is computed once;
+* **value metrics** take a group's :class:`Values` (all its weights, or all its
+  biases) and return a number (``mean_w``, ``mean_b``).
 
 A function's name is its column's; ``trainer.columns`` lists the same names
 without torch, for the analysis and the dashboard (tests/test_metrics.py checks
@@ -18,9 +20,13 @@ once, then on every call computes the singular values of every matrix ONCE
 (from its float64 Gram matrix, see ``_singular_values``), batched across
 matrices of the same shape (a matrix and its transpose have the same singular
 values, l1, l2 and main diagonal, so ``(512, 128)`` and ``(128, 512)`` share a
-batch). It writes the model-level columns (``l2``) and,
-per hook point, ``HOOK/l2``. Non-finite weights give NaN for every column and
-``finite=False``; they never reach LAPACK (which may fail or hang on NaN).
+batch). The weights are read as few times as possible: each parameter's sum and
+sum of squares (the Gram matrix's trace) are computed once and give the mean and
+variance of every group it belongs to (model level and hook point, merged with
+Chan's formula); only the medians need the values themselves. It writes the
+model-level columns (``l2``) and, per hook point, ``HOOK/l2``. Non-finite
+weights give NaN for every column and ``finite=False``; they never reach LAPACK
+(which may fail or hang on NaN).
 
 ``grad_sym`` and ``dist_irr`` are modular-arithmetic metrics: they need the
 model's forward pass, not just its weights, so they are plain functions below
@@ -54,115 +60,199 @@ __all__ = [
     "dist_irr",
 ]
 
-# (matrices (G, m, n) in the weights' dtype, singular values (G, k) float64) -> (G,) float64
-MatrixMetric = Callable[[Tensor, Tensor], Tensor]
-ValueMetric = Callable[[Tensor], Tensor]
+MatrixMetric = Callable[["Matrices"], Tensor]  # -> (G,) float64, one value per matrix
+ValueMetric = Callable[["Values"], float]
 
 MATRIX_METRICS: dict[str, MatrixMetric] = {}
 VALUE_METRICS: dict[str, ValueMetric] = {}
 
 
 def matrix_metric(fn: MatrixMetric) -> MatrixMetric:
-    """Register ``fn(matrices (G, m, n), singular_values (G, k)) -> (G,)`` under its name."""
+    """Register ``fn(matrices: Matrices) -> (G,)`` under its name."""
     MATRIX_METRICS[fn.__name__] = fn
     return fn
 
 
 def value_metric(fn: ValueMetric) -> ValueMetric:
-    """Register ``fn(values (N,)) -> scalar``; it becomes columns ``NAME_w`` and ``NAME_b``."""
+    """Register ``fn(values: Values) -> float``; it becomes columns ``NAME_w`` and ``NAME_b``."""
     VALUE_METRICS[fn.__name__] = fn
     return fn
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """numerator / denominator, and 0 where the denominator is 0 (an all-zero matrix)."""
-    return torch.where(denominator == 0, 0.0, numerator / denominator)
+    """numerator / denominator, and 0 where the denominator is 0 (an all-zero matrix).
+
+    Both norms of a matrix are 0 only together, so 0 / 0 (NaN) is the only case.
+    """
+    return (numerator / denominator).nan_to_num(nan=0.0)
 
 
 # ----------------------------------------------------------- matrix metrics
-# Singular values come sorted in descending order, so sv[..., 0] is the largest.
+
+
+class Matrices:
+    """A batch of same-shape matrices, float64, and their singular values.
+
+    ``entries`` is ``(G, m, n)`` with m >= n (a wide matrix is measured as its
+    transpose: every metric here is the same for both); ``singular_values`` is
+    ``(G, n)``, descending, so ``[:, 0]`` is the largest. ``metric(fn)`` is
+    ``fn(self)``, computed once per batch, for metrics built from other metrics.
+    """
+
+    def __init__(self, entries: Tensor, singular_values: Tensor):
+        self.entries = entries
+        self.singular_values = singular_values
+        self._computed: dict[MatrixMetric, Tensor] = {}
+
+    def metric(self, fn: MatrixMetric) -> Tensor:
+        if fn not in self._computed:
+            self._computed[fn] = fn(self)
+        return self._computed[fn]
 
 
 @matrix_metric
-def l1(w: Tensor, sv: Tensor) -> Tensor:
-    return w.abs().sum(dim=(-2, -1), dtype=torch.float64)
+def l1(m: Matrices) -> Tensor:
+    return m.entries.abs().sum(dim=(-2, -1))
 
 
 @matrix_metric
-def l2(w: Tensor, sv: Tensor) -> Tensor:
-    return w.square().sum(dim=(-2, -1), dtype=torch.float64).sqrt()  # Frobenius norm
+def l2(m: Matrices) -> Tensor:
+    # The Frobenius norm, from the singular values (sum of squares = sum of sigma^2):
+    # no second pass over the weights.
+    return m.singular_values.square().sum(dim=-1).sqrt()
 
 
 @matrix_metric
-def code_sparsity(w: Tensor, sv: Tensor) -> Tensor:
-    return _ratio(l1(w, sv), l2(w, sv))
+def code_sparsity(m: Matrices) -> Tensor:
+    return _ratio(m.metric(l1), m.metric(l2))
 
 
 @matrix_metric
-def trace(w: Tensor, sv: Tensor) -> Tensor:
+def trace(m: Matrices) -> Tensor:
     # the first min(rows, cols) entries of the main diagonal
-    return w.diagonal(dim1=-2, dim2=-1).sum(dim=-1, dtype=torch.float64)
+    return m.entries.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
 
 
 @matrix_metric
-def spectral(w: Tensor, sv: Tensor) -> Tensor:
-    return sv[..., 0]  # the 2-norm, from the same SVD: no second decomposition
+def spectral(m: Matrices) -> Tensor:
+    return m.singular_values[:, 0]  # the 2-norm, from the same decomposition: no second one
 
 
 @matrix_metric
-def computational_sparsity(w: Tensor, sv: Tensor) -> Tensor:
-    return _ratio(trace(w, sv), spectral(w, sv))
+def computational_sparsity(m: Matrices) -> Tensor:
+    return _ratio(m.metric(trace), m.metric(spectral))
 
 
 @matrix_metric
-def mean_sv(w: Tensor, sv: Tensor) -> Tensor:
-    return sv.mean(dim=-1)
+def mean_sv(m: Matrices) -> Tensor:
+    return m.singular_values.mean(dim=-1)
 
 
 @matrix_metric
-def var_sv(w: Tensor, sv: Tensor) -> Tensor:
-    return sv.var(dim=-1, correction=0)  # ddof=0, as defined (not Bessel's)
+def var_sv(m: Matrices) -> Tensor:
+    return m.singular_values.var(dim=-1, correction=0)  # ddof=0, as defined (not Bessel's)
 
 
 # ------------------------------------------------------------ value metrics
-# ``values`` keep the weights' dtype (no float64 copy of every weight); sums
-# accumulate in float64, so a mean near zero keeps its relative accuracy.
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, float64 sum and float64 sum of squared deviations of some values.
+
+    Moments of disjoint sets merge exactly (Chan, Golub and LeVeque's pairwise
+    update), so every parameter is summed once and each group's mean and
+    variance come from its parameters' moments.
+    """
+
+    count: int = 0
+    total: float = 0.0
+    centred_squares: float = 0.0
+
+    def __add__(self, other: Moments) -> Moments:
+        count = self.count + other.count
+        if not (self.count and other.count):
+            return self if self.count else other
+        delta = other.total / other.count - self.total / self.count
+        spread = delta * delta * self.count * other.count / count
+        return Moments(
+            count, self.total + other.total, self.centred_squares + other.centred_squares + spread
+        )
+
+
+@dataclass
+class Values:
+    """All weights (or all biases) of one group: their moments, and the values themselves.
+
+    ``parts`` are the group's parameters, flat: numpy views of the weights on the
+    CPU, tensors on another device (a GPU).
+    """
+
+    parts: list[np.ndarray] | list[Tensor]
+    moments: Moments
+
+    @property
+    def count(self) -> int:
+        return self.moments.count
 
 
 @value_metric
-def mean(values: Tensor) -> Tensor:
-    return values.sum(dtype=torch.float64) / values.numel()
+def mean(values: Values) -> float:
+    return values.moments.total / values.count
 
 
 @value_metric
-def median(values: Tensor) -> Tensor:
+def median(values: Values) -> float:
     # The average of the two middle values for an even count, as the definition
     # (and numpy) says; torch.median would return the lower one. One O(n)
-    # np.partition puts the upper middle value in place with everything smaller
+    # partition puts the upper middle value in place with everything smaller
     # before it, so the lower middle value is the largest of those.
-    if values.device.type != "cpu":
-        return _median_on_device(values)
-    array = values.detach().cpu().numpy()
-    n = array.size
+    if isinstance(values.parts[0], Tensor):
+        return _median_on_device(torch.cat(values.parts))
+    # partition in place, on a copy (never on the weights)
+    flat = np.concatenate(values.parts) if len(values.parts) > 1 else values.parts[0].copy()
+    n = flat.size
     upper = n // 2
-    parted = np.partition(array, upper)
-    lower = parted[upper] if n % 2 else parted[:upper].max()
-    return torch.tensor((float(lower) + float(parted[upper])) / 2)
+    flat.partition(upper)
+    lower = flat[upper] if n % 2 else flat[:upper].max()
+    return (float(lower) + float(flat[upper])) / 2
 
 
-def _median_on_device(values: Tensor) -> Tensor:
+@value_metric
+def var(values: Values) -> float:
+    return values.moments.centred_squares / values.count  # ddof=0
+
+
+def _flat_values(tensor: Tensor) -> np.ndarray | Tensor:
+    """A tensor's values, flat: a numpy view on the CPU (bfloat16, which numpy lacks, as
+    float32), the tensor itself elsewhere."""
+    if tensor.device.type != "cpu":
+        return tensor.reshape(-1)
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.reshape(-1).numpy()
+
+
+def _median_on_device(values: Tensor) -> float:
     """The same median where the weights are (a GPU): two order statistics, no copy to the CPU."""
     n = values.numel()
     lower = values.kthvalue((n + 1) // 2).values  # k counts from 1
     upper = values.kthvalue(n // 2 + 1).values
-    return (lower.double() + upper.double()) / 2
+    return float((lower.double() + upper.double()) / 2)
 
 
-@value_metric
-def var(values: Tensor) -> Tensor:
-    exact = values.double()  # float32 values are exact in float64: no cancellation below
-    centred = exact - exact.mean()
-    return centred.dot(centred) / values.numel()  # ddof=0
+def _moments(values: Tensor) -> Moments:
+    """Moments of a tensor's values, in float64 (float32 values are exact in it)."""
+    exact = values.reshape(-1).double()
+    total = exact.sum()
+    centred = exact - total / exact.numel()
+    return Moments(exact.numel(), float(total), float(centred.dot(centred)))
+
+
+# Sum of squares minus total^2 / count loses about eps * squares / centred_squares
+# relative: below this ratio of centred_squares to squares (a matrix whose
+# entries are nearly all equal) the deviations are summed directly.
+CANCELLATION_RATIO = 1e-6
 
 
 # ------------------------------------------------------- finding the weights
@@ -343,6 +433,11 @@ class WeightMetrics:
         for m in self._model_level[0]:
             first_view[m.index] = start
             start += m.heads
+        # the rows of each matrix parameter's views (its heads) in the views table
+        self._view_rows = {
+            m.index: range(first_view[m.index], first_view[m.index] + m.heads)
+            for m in self._model_level[0]
+        }
         self._averaging = torch.zeros(1 + len(self._per_hook), start, dtype=torch.float64)
         for g, (hook_matrices, _, _) in enumerate([self._model_level, *self._per_hook.values()]):
             views = [first_view[m.index] + h for m in hook_matrices for h in range(m.heads)]
@@ -368,40 +463,59 @@ class WeightMetrics:
         """Return (columns, finite): model-level and ``HOOK/metric`` columns.
 
         Of the live weights, or of a ``snapshot()``. With any non-finite weight
-        every column is NaN and ``finite`` is False.
+        every column is NaN and ``finite`` is False (so are float64 weights beyond
+        ~1e154, whose squares overflow: no statistic of them is a number either).
         """
         tensors = [p.detach() for p in self.parameters] if snapshot is None else snapshot
-        finite = _all_finite(tensors)
         groups = [("", self._model_level)]
         groups += [(f"{hook}/", parts) for hook, parts in self._per_hook.items()]
-        if not finite:
+        views = [view for m in self._model_level[0] for view in m.views(tensors)]
+        batches = _batches(views)
+        moments = self._parameter_moments(tensors, batches)
+        # A NaN or Inf weight makes its parameter's sums non-finite: this is the
+        # finiteness check, before anything reaches LAPACK.
+        if not all(math.isfinite(m.total + m.centred_squares) for m in moments):
             nan = float("nan")
             return {prefix + col: nan for prefix, _ in groups for col in WEIGHT_COLUMNS}, False
 
         # (views, metrics), rows in the model-level matrices' order; then every
         # group's columns at once: the average over its matrices is one product.
-        table = _per_matrix_metrics(self._model_level[0], tensors)
+        table = _matrix_table(batches, len(views))
         averages = (self._averaging @ table).tolist()  # (groups, metrics)
+        flat = [_flat_values(t) for t in tensors]
         row: dict[str, float] = {}
         for (prefix, (_, weights, biases)), means in zip(groups, averages):
             row.update((prefix + name, value) for name, value in zip(MATRIX_METRICS, means))
             for suffix, positions in (("w", weights), ("b", biases)):
-                flat = _flat([tensors[i] for i in positions])
+                values = Values(
+                    [flat[i] for i in positions], sum((moments[i] for i in positions), Moments())
+                )
                 for name, fn in VALUE_METRICS.items():
-                    row[f"{prefix}{name}_{suffix}"] = float(fn(flat)) if flat.numel() else math.nan
+                    row[f"{prefix}{name}_{suffix}"] = fn(values) if values.count else math.nan
         return row, True
+
+    def _parameter_moments(self, tensors: list[Tensor], batches: list[_Batch]) -> list[Moments]:
+        """Moments of every parameter: a matrix's from its views' batch sums, others directly."""
+        views: dict[int, Moments] = {}
+        for batch in batches:
+            count = batch.matrices[0].numel()
+            totals, squares = batch.totals.tolist(), batch.squares.tolist()
+            for g, (row, total, sum_of_squares) in enumerate(zip(batch.rows, totals, squares)):
+                centred = sum_of_squares - total * total / count
+                if not centred >= CANCELLATION_RATIO * sum_of_squares:  # NaN too: computed anew
+                    deviations = batch.matrices[g] - total / count
+                    centred = float(deviations.square().sum())
+                views[row] = Moments(count, total, centred)
+        return [
+            sum((views[r] for r in self._view_rows[i]), Moments())
+            if i in self._view_rows
+            else _moments(tensor)
+            for i, tensor in enumerate(tensors)
+        ]
 
 
 def _heads(spec: int | tuple[int, int]) -> tuple[int, int]:
     return (spec, 0) if isinstance(spec, int) else (int(spec[0]), int(spec[1]))
-
-
-def _flat(tensors: list[Tensor]) -> Tensor:
-    if not tensors:
-        return torch.zeros(0)
-    if len(tensors) == 1:
-        return tensors[0].reshape(-1)  # a view: no copy
-    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
@@ -421,29 +535,50 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return True
 
 
-def _per_matrix_metrics(matrices: list[_Matrix], tensors: list[Tensor]) -> Tensor:
-    """Every matrix metric for every matrix view: a (views, metrics) float64 table.
+@dataclass
+class _Batch:
+    """Same-shape matrix views, oriented tall, in float64, with the sums all metrics share."""
 
-    One batched singular-value computation per distinct shape. Rows follow
-    ``matrices`` (and heads within a matrix) in order.
+    rows: list[int]  # the views' positions (rows of the views table)
+    matrices: Tensor  # (G, m, n), m >= n
+    gram: Tensor  # (G, n, n): W^T W
+    totals: Tensor  # (G,): sum of the entries
+    squares: Tensor  # (G,): sum of the squared entries, the Gram matrix's trace
+
+
+def _batches(views: list[Tensor]) -> list[_Batch]:
+    """The views grouped by shape, each group stacked once in float64.
+
+    Every view is oriented tall (rows >= cols): all eight matrix metrics are
+    invariant under transposition, and same-shape matrices then share a batch.
+    float64 throughout: exact copies of float32 weights, sums without
+    cancellation, and the precision the Gram matrix needs.
     """
-    # Orient every matrix tall (rows >= cols): all eight metrics are invariant
-    # under transposition, and same-shape matrices then share one batch.
-    views = [view for m in matrices for view in m.views(tensors)]
     by_shape: dict[tuple[int, int], list[int]] = {}
     talls = []
     for position, view in enumerate(views):
         tall = view if view.shape[0] >= view.shape[1] else view.T
         talls.append(tall)
         by_shape.setdefault(tuple(tall.shape), []).append(position)
-    table = torch.empty(len(views), len(MATRIX_METRICS), dtype=torch.float64)
-    for positions in by_shape.values():
-        # float64 throughout: exact copies of float32 weights, sums without
-        # cancellation, and the precision the Gram matrix below needs.
-        stacked = torch.stack([talls[i] for i in positions]).double()  # (G, m, n)
-        singular_values = _singular_values(stacked)  # (G, n)
-        columns = [fn(stacked, singular_values) for fn in MATRIX_METRICS.values()]
-        table[positions] = torch.stack(columns, dim=1).cpu()
+    batches = []
+    for rows in by_shape.values():
+        stacked = torch.stack([talls[i] for i in rows]).double()  # (G, m, n)
+        gram = stacked.mT @ stacked
+        squares = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+        batches.append(_Batch(rows, stacked, gram, stacked.sum(dim=(-2, -1)), squares))
+    return batches
+
+
+def _matrix_table(batches: list[_Batch], n_views: int) -> Tensor:
+    """Every matrix metric for every view: a (views, metrics) float64 table.
+
+    One batched singular-value computation per shape.
+    """
+    table = torch.empty(n_views, len(MATRIX_METRICS), dtype=torch.float64)
+    for batch in batches:
+        matrices = Matrices(batch.matrices, _singular_values(batch.matrices, batch.gram))
+        columns = [matrices.metric(fn) for fn in MATRIX_METRICS.values()]
+        table[batch.rows] = torch.stack(columns, dim=1).cpu()
     return table
 
 
@@ -452,32 +587,44 @@ SV_TOLERANCE = 1e-7
 tests and the benchmark hold them to 1e-5 against a float64 SVD)."""
 
 
-def _singular_values(tall: Tensor) -> Tensor:
+def _singular_values(tall: Tensor, gram: Tensor) -> Tensor:
     """Singular values, descending, of a batch of tall float64 matrices (G, m, n), m >= n.
 
-    From the eigenvalues of the Gram matrices W^T W (n x n), about twice as fast
-    as an SVD (measured in bench/metrics.py). Squaring the matrix costs precision
-    only for the SMALL singular values: with rounding error d in the eigenvalues
-    (d <= (m + n) eps ||W||_F^2 in float64), sigma_i = sqrt(lambda_i) is off by at
-    most min(sqrt(d), d / sigma_i), while the largest, the spectral norm, keeps
-    relative error d / (2 sigma_1^2) <= (m + n) n eps / 2 (under 1e-7 for any
-    m + n, n below ~10^4). Where that bound could move ``mean_sv`` or ``var_sv`` by
-    more than SV_TOLERANCE relative (an ill-conditioned matrix, or one whose
-    singular values are all nearly equal), that matrix falls back to a float64 SVD.
+    From the eigenvalues of their Gram matrices ``gram`` = W^T W (n x n), about
+    twice as fast as an SVD (measured in bench/metrics.py). Squaring the matrix
+    costs precision only for the SMALL singular values: with rounding error d in
+    the eigenvalues (d <= (m + n) eps ||W||_F^2 in float64), sigma_i = sqrt(lambda_i)
+    is off by at most min(sqrt(d), d / sigma_i), while the largest, the spectral
+    norm, keeps relative error d / (2 sigma_1^2) <= (m + n) n eps / 2 (under 1e-7
+    for any m + n, n below ~10^4). Where that bound could move ``mean_sv`` or
+    ``var_sv`` by more than SV_TOLERANCE relative (an ill-conditioned matrix, or
+    one whose singular values are all nearly equal), that matrix falls back to a
+    float64 SVD.
     """
     m, n = tall.shape[-2:]
-    eigenvalues = torch.linalg.eigvalsh(tall.mT @ tall)  # (G, n), ascending
+    eigenvalues = torch.linalg.eigvalsh(gram)  # (G, n), ascending
     singular = eigenvalues.clamp(min=0).sqrt().flip(-1)
-    rounding = (m + n) * torch.finfo(torch.float64).eps * eigenvalues.sum(-1, keepdim=True)
-    # bound on mean_sv's error (0/0 for an all-zero matrix: no error)
-    error = torch.minimum(rounding.sqrt(), (rounding / singular).nan_to_num(0.0)).mean(-1)
-    mean_sv, var_sv = singular.mean(-1), singular.var(-1, correction=0)
-    doubtful = (error > SV_TOLERANCE * mean_sv) | (
-        2 * singular[:, 0] * error > SV_TOLERANCE * var_sv
-    )
-    if doubtful.any():
+    doubtful = np.flatnonzero(_gram_route_doubtful(eigenvalues.cpu().numpy(), m + n))
+    if doubtful.size:
         singular[doubtful] = torch.linalg.svdvals(tall[doubtful])
     return singular
+
+
+def _gram_route_doubtful(eigenvalues: np.ndarray, size: int) -> np.ndarray:
+    """Which matrices' singular values from the Gram route may miss SV_TOLERANCE.
+
+    ``eigenvalues`` (G, n) of the Gram matrices, ascending; ``size`` is m + n. The
+    bound d on each eigenvalue's error is explained in ``_singular_values``. In
+    numpy: for a few small arrays its calls cost less than torch's.
+    """
+    singular = np.sqrt(np.maximum(eigenvalues, 0.0))
+    rounding = size * np.finfo(np.float64).eps * eigenvalues.sum(-1, keepdims=True)
+    # bound on mean_sv's error: the mean of min(sqrt(d), d / sigma_i) (0/0 for an
+    # all-zero matrix, which compares False below: no error)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error = (rounding / np.maximum(singular, np.sqrt(rounding))).mean(-1)
+    mean_sv, var_sv, largest = singular.mean(-1), singular.var(-1), singular[:, -1]
+    return (error > SV_TOLERANCE * mean_sv) | (2 * largest * error > SV_TOLERANCE * var_sv)
 
 
 # ------------------------------------------------ modular-arithmetic metrics

@@ -7,7 +7,9 @@ hits both alike:
 
 * **trainmap**: ``WeightMetrics.compute()`` -- per shape one batch of Gram
   matrices W^T W and their eigenvalues in float64 (an SVD only where that could
-  miss 1e-7 relative), all 84 columns (model level and per hook point);
+  miss 1e-7 relative); each parameter's sum and sum of squares once, merged into
+  every group's mean and variance; one partition per median; all 84 columns
+  (model level and per hook point);
 * **reference procedure**: what visualizing-training (Hu et al.'s public code,
   ``visualizing_training/train.py`` and ``metrics.py``) does per checkpoint,
   in torch on the CPU in the weights' float32, for the same matrices: the

@@ -209,16 +209,21 @@ def _read_paths(path: Path, ns: list[int]) -> dict[int, tuple[RunArrays, RunArra
     """``{n: (paths, epochs)}`` from a fit's paths.npz; raises ValueError if damaged."""
     with np.load(io.BytesIO(_read(path / PATHS_FILE)), allow_pickle=False) as npz:
         flat = {name: npz[name] for name in npz.files}
+    # One RunArrays object for the shared epochs, so every map holds the same
+    # one (a pickle of the fit, as the dashboard's cache makes, stores it once).
+    epochs_of: dict[str, RunArrays] = {}
     out = {}
     for n in ns:
-        own = f"n{n}_runs" in flat
-        prefix = f"n{n}_" if own else ""
-        names = flat[f"{prefix}runs"]
-        if names.dtype.kind != "U":
-            raise ValueError(f"run names of n={n} are not text")
-        names, offsets = names.tolist(), flat[f"{prefix}offsets"]
-        epochs = RunArrays(names, flat[f"{prefix}epochs"], offsets)
-        paths = RunArrays(names, flat[f"n{n}_paths"], offsets)
+        prefix = f"n{n}_" if f"n{n}_runs" in flat else ""
+        if prefix not in epochs_of:
+            names = flat[f"{prefix}runs"]
+            if names.dtype.kind != "U":
+                raise ValueError(f"run names of n={n} are not text")
+            epochs_of[prefix] = RunArrays(
+                names.tolist(), flat[f"{prefix}epochs"], flat[f"{prefix}offsets"]
+            )
+        epochs = epochs_of[prefix]
+        paths = RunArrays(epochs.names, flat[f"n{n}_paths"], epochs.offsets)
         if len(paths.values) and (paths.values.min() < 0 or paths.values.max() >= n):
             raise ValueError(f"a state of the n={n} map is out of range")
         out[n] = (paths, epochs)

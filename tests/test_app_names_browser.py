@@ -131,7 +131,7 @@ def test_click_a_strip_row_selects_the_run_everywhere(dash_duo, dash_app):  # no
     # A click that lands while plotly redraws the strip (its figure can arrive twice on
     # first load) is dropped by the browser; a user clicks again, and so does this test.
     for attempt in range(3):
-        click_strip_row(dash_duo, run, tmap.epochs[run][len(tmap.epochs[run]) // 2])
+        click_strip_row(dash_duo, run, int(tmap.epochs[run][len(tmap.epochs[run]) // 2]))
         try:
             wait_for(lambda: query(dash_duo).get("run") == run, 5, "clicked run in the URL")
             break

@@ -55,7 +55,7 @@ def clean_state_name(name) -> str:
 def epoch_range(training_map, state: int, low: float = 10, high: float = 90):
     """(first, last) epoch between the given percentiles of the state's checkpoints, or None."""
     paths, epochs = aligned_paths(training_map)
-    epochs = epochs.values[paths.values == int(state)]
+    epochs = epochs.flat[paths.flat == int(state)]
     if not len(epochs):
         return None
     lo, hi = np.percentile(np.asarray(epochs, dtype=float), [low, high])

@@ -19,11 +19,12 @@ import pandas as pd
 class RunArrays(Mapping):
     """Run name -> read-only 1-D integer array, every run's values in one array.
 
-    ``values`` holds all runs one after another (in ``names`` order) and run
-    ``names[i]`` is ``values[offsets[i]:offsets[i + 1]]``, a view: loading a
+    ``flat`` holds all runs one after another (in ``names`` order) and run
+    ``names[i]`` is ``flat[offsets[i]:offsets[i + 1]]``, a view: loading a
     map's 4 M decoded states is one array, not 4 M Python ints, and whole-map
-    statistics work on ``values`` directly. Two RunArrays are equal when they
-    hold the same runs with equal values (the dtype may differ).
+    statistics work on ``flat`` directly (not named ``values``: that is the
+    Mapping method). Two RunArrays are equal when they hold the same runs with
+    equal values (the dtype may differ).
     """
 
     def __init__(self, names: Sequence[str], values: np.ndarray, offsets: np.ndarray):
@@ -45,7 +46,7 @@ class RunArrays(Mapping):
             raise ValueError("run names must be unique")
         values = values.view()
         values.flags.writeable = False  # the views handed out share this memory
-        self.names, self.values, self.offsets = names, values, offsets
+        self.names, self.flat, self.offsets = names, values, offsets
         self._index = {name: i for i, name in enumerate(names)}
 
     @classmethod
@@ -68,7 +69,7 @@ class RunArrays(Mapping):
 
     def __getitem__(self, run: str) -> np.ndarray:
         i = self._index[run]
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
 
     def __iter__(self):
         return iter(self.names)
@@ -94,12 +95,12 @@ class RunArrays(Mapping):
         return {name: self[name].tolist() for name in self.names}
 
     def __repr__(self) -> str:
-        return f"RunArrays({len(self.names)} runs, {len(self.values)} values)"
+        return f"RunArrays({len(self.names)} runs, {len(self.flat)} values)"
 
 
 def aligned_paths(training_map) -> tuple[RunArrays, RunArrays]:
-    """A map's (paths, epochs) as RunArrays of one layout: ``paths.values[i]`` is the
-    state at epoch ``epochs.values[i]``, so whole-map statistics need no loop over runs.
+    """A map's (paths, epochs) as RunArrays of one layout: ``paths.flat[i]`` is the
+    state at epoch ``epochs.flat[i]``, so whole-map statistics need no loop over runs.
 
     Without a copy for every map built or loaded by analysis; maps given as
     plain ``{run: list}`` (as tests build them) are packed. Raises ValueError

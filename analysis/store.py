@@ -194,12 +194,12 @@ def _paths_npz(maps: dict[int, TrainingMap]) -> bytes:
         if shared is None:
             shared = epochs
             arrays.update(runs=np.array(epochs.names, dtype=str), offsets=epochs.offsets)
-            arrays["epochs"] = _smallest_int(epochs.values)
-        elif not (epochs.same_layout(shared) and np.array_equal(epochs.values, shared.values)):
+            arrays["epochs"] = _smallest_int(epochs.flat)
+        elif not (epochs.same_layout(shared) and np.array_equal(epochs.flat, shared.flat)):
             arrays[f"n{n}_runs"] = np.array(epochs.names, dtype=str)
             arrays[f"n{n}_offsets"] = epochs.offsets
-            arrays[f"n{n}_epochs"] = _smallest_int(epochs.values)
-        arrays[f"n{n}_paths"] = _smallest_int(paths.values)
+            arrays[f"n{n}_epochs"] = _smallest_int(epochs.flat)
+        arrays[f"n{n}_paths"] = _smallest_int(paths.flat)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # not compressed: loading is the cost that matters
     return buffer.getvalue()
@@ -224,7 +224,7 @@ def _read_paths(path: Path, ns: list[int]) -> dict[int, tuple[RunArrays, RunArra
             )
         epochs = epochs_of[prefix]
         paths = RunArrays(epochs.names, flat[f"n{n}_paths"], epochs.offsets)
-        if len(paths.values) and (paths.values.min() < 0 or paths.values.max() >= n):
+        if len(paths.flat) and (paths.flat.min() < 0 or paths.flat.max() >= n):
             raise ValueError(f"a state of the n={n} map is out of range")
         out[n] = (paths, epochs)
     return out

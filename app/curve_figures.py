@@ -201,10 +201,10 @@ def modal_states(training_map) -> tuple[list[int], list[int]]:
     10 000), not a loop.
     """
     paths, epochs = aligned_paths(training_map)
-    columns, column = epoch_columns(epochs.values)
+    columns, column = epoch_columns(epochs.flat)
     if len(columns) == 0:
         return [], []
-    states = paths.values.astype(np.int64)
+    states = paths.flat.astype(np.int64)
     n = int(states.max()) + 1
     counts = np.bincount(column * n + states, minlength=len(columns) * n)
     # argmax takes the first maximum: ties go to the lower state

@@ -294,8 +294,8 @@ def states_frame(training_map) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "run": run,
-            "epoch": epochs.values.astype(np.int64),
-            "state": paths.values.astype(np.int64),
+            "epoch": epochs.flat.astype(np.int64),
+            "state": paths.flat.astype(np.int64),
         }
     )
     frame["run"] = frame["run"].astype(str)

@@ -42,17 +42,17 @@ def strip_cells(training_map, runs: list[str], max_columns: int = STRIP_MAX_COLU
     run has no checkpoint. Counted for every checkpoint at once, not per run.
     """
     paths, epochs = aligned_paths(training_map)
-    columns, column = epoch_columns(epochs.values)
+    columns, column = epoch_columns(epochs.flat)
     per_column = max(1, -(-len(columns) // max_columns))  # ceil
     n_columns = -(-len(columns) // per_column)
     first = columns[::per_column]
     last = columns[np.minimum(np.arange(n_columns) * per_column + per_column, len(columns)) - 1]
     x = first if per_column == 1 else (first + last) / 2
-    n = max(int(training_map.n_states), int(paths.values.max()) + 1 if len(paths.values) else 0)
+    n = max(int(training_map.n_states), int(paths.flat.max()) + 1 if len(paths.flat) else 0)
     row_of = {run: i for i, run in enumerate(runs)}
     rows = np.repeat([row_of.get(run, -1) for run in paths.names], paths.lengths())
     shown = rows >= 0  # runs not asked for are left out
-    cell = (rows[shown] * n_columns + column[shown] // per_column) * n + paths.values[shown]
+    cell = (rows[shown] * n_columns + column[shown] // per_column) * n + paths.flat[shown]
     counts = np.bincount(cell, minlength=len(runs) * n_columns * n).reshape(len(runs), n_columns, n)
     z = counts.argmax(axis=2).astype(float)  # argmax: the first (lower) state on ties
     z[counts.sum(axis=2) == 0] = np.nan

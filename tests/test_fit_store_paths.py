@@ -65,8 +65,8 @@ def test_run_arrays_are_read_only_views_into_one_array():
     assert (
         runs["b"].tolist() == [2, 0, 1] and runs["a"].tolist() == [] and runs["c"].tolist() == [1]
     )
-    assert runs.lengths().tolist() == [3, 0, 1] and runs.values.tolist() == [2, 0, 1, 1]
-    assert np.shares_memory(runs["b"], runs.values)
+    assert runs.lengths().tolist() == [3, 0, 1] and runs.flat.tolist() == [2, 0, 1, 1]
+    assert np.shares_memory(runs["b"], runs.flat)
     with pytest.raises(ValueError):
         runs["b"][0] = 5
     # Equal to a dict of lists with the same content, in any order and dtype.
@@ -74,6 +74,9 @@ def test_run_arrays_are_read_only_views_into_one_array():
     assert runs == RunArrays(["b", "a", "c"], np.array([2, 0, 1, 1], np.int8), [0, 3, 3, 4])
     assert runs != {"a": [], "c": [2], "b": [2, 0, 1]} and runs != {"b": [2, 0, 1]}
     assert RunArrays.from_mapping(runs) is runs
+    # A Mapping like any other: keys, values and items in the runs' order.
+    assert [p.tolist() for p in runs.values()] == [[2, 0, 1], [], [1]]
+    assert [r for r, _ in runs.items()] == list(runs.keys()) == ["b", "a", "c"]
     assert runs.to_lists() == {"b": [2, 0, 1], "a": [], "c": [1]}
 
 
@@ -99,7 +102,7 @@ def test_aligned_paths_pack_plain_maps_in_the_paths_order():
     tmap.epochs = {"a": [5], "b": [1, 2]}
     paths, epochs = aligned_paths(tmap)
     assert paths.names == epochs.names == ["b", "a"]
-    assert paths.values.tolist() == [1, 1, 0] and epochs.values.tolist() == [1, 2, 5]
+    assert paths.flat.tolist() == [1, 1, 0] and epochs.flat.tolist() == [1, 2, 5]
     tmap.epochs = {"a": [5, 6], "b": [1, 2]}
     with pytest.raises(ValueError, match="differ in length"):
         aligned_paths(tmap)
@@ -126,7 +129,7 @@ def test_paths_saved_once_as_small_integer_arrays_and_loaded_as_views(copy):
         assert isinstance(back.paths, RunArrays) and isinstance(back.epochs, RunArrays)
         assert back.paths == fresh.paths and back.epochs == fresh.epochs
         assert back.to_dict() == fresh.to_dict()
-        assert not back.paths.values.flags.writeable
+        assert not back.paths.flat.flags.writeable
     # Every map shares one epochs object.
     assert len({id(loaded.maps[n].epochs) for n in ns}) == 1
     # Predictions read the same saved paths.

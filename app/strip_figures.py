@@ -32,7 +32,7 @@ def strip_order(training_map) -> list[str]:
     )
 
 
-def strip_cells(training_map, runs: list[str], max_columns: int = STRIP_MAX_COLUMNS):
+def strip_cells(training_map, runs: list[str], max_columns: int):
     """(x, z, per_column, n_epochs) of the strip: ``z[i, j]`` is the state of ``runs[i]`` in column ``j``.
 
     Each column is one epoch (``per_column`` 1) while there are at most
@@ -74,7 +74,7 @@ def strip_figure(
     training_map,
     labels: Mapping | None = None,
     selected_run: str | None = None,
-    max_columns: int = STRIP_MAX_COLUMNS,
+    max_columns: int | None = None,
 ) -> go.Figure:
     """The runs × epochs strip: one row per run, each checkpoint coloured by its state.
 
@@ -83,13 +83,15 @@ def strip_figure(
     label mark runs that never converged. Stretches in a detour state are
     outlined in black. ``selected_run`` gets an orange frame. Every cell and
     mark carries its run as ``y`` (a category), so a click names the run.
-    Past ``max_columns`` epochs a column holds several checkpoints
-    (:func:`strip_cells`), and the title and hover say by how much.
+    Past ``max_columns`` epochs (default ``STRIP_MAX_COLUMNS``) a column holds
+    several checkpoints (:func:`strip_cells`), and the title and hover say by how much.
     """
     runs = strip_order(training_map)
     conv = training_map.convergence_epoch
     n = int(training_map.n_states)
-    epochs, z, per_column, n_epochs = strip_cells(training_map, runs, max_columns)
+    epochs, z, per_column, n_epochs = strip_cells(
+        training_map, runs, max_columns or STRIP_MAX_COLUMNS
+    )
     thinned = per_column > 1
     where = (
         f"about epoch %{{x:.0f}} (most common state of {per_column} checkpoint epochs)"

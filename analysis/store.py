@@ -172,11 +172,16 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
     return final
 
 
-def _smallest_int(values: np.ndarray) -> np.ndarray:
-    """``values`` in the smallest signed integer type that holds them (states fit in int8)."""
+# Epochs are at least int32: an epoch in int16 would wrap at 32767 in arithmetic
+# like ``epoch + elapsed`` (a state number is never added to like that).
+EPOCH_TYPES = (np.int32,)
+
+
+def _smallest_int(values: np.ndarray, types=(np.int8, np.int16, np.int32)) -> np.ndarray:
+    """``values`` in the first of ``types`` that holds them, else int64 (states fit in int8)."""
     values = np.asarray(values, dtype=np.int64)
     low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
-    for dtype in (np.int8, np.int16, np.int32):
+    for dtype in types:
         if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
             return values.astype(dtype)
     return values
@@ -194,11 +199,11 @@ def _paths_npz(maps: dict[int, TrainingMap]) -> bytes:
         if shared is None:
             shared = epochs
             arrays.update(runs=np.array(epochs.names, dtype=str), offsets=epochs.offsets)
-            arrays["epochs"] = _smallest_int(epochs.flat)
+            arrays["epochs"] = _smallest_int(epochs.flat, EPOCH_TYPES)
         elif not (epochs.same_layout(shared) and np.array_equal(epochs.flat, shared.flat)):
             arrays[f"n{n}_runs"] = np.array(epochs.names, dtype=str)
             arrays[f"n{n}_offsets"] = epochs.offsets
-            arrays[f"n{n}_epochs"] = _smallest_int(epochs.flat)
+            arrays[f"n{n}_epochs"] = _smallest_int(epochs.flat, EPOCH_TYPES)
         arrays[f"n{n}_paths"] = _smallest_int(paths.flat)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # not compressed: loading is the cost that matters

@@ -119,6 +119,7 @@ def test_paths_saved_once_as_small_integer_arrays_and_loaded_as_views(copy):
     assert sorted(arrays) == sorted(["runs", "offsets", "epochs"] + [f"n{n}_paths" for n in ns])
     assert arrays["runs"].tolist() == list(result.maps[ns[0]].paths)
     assert all(arrays[f"n{n}_paths"].dtype == np.int8 for n in ns)
+    assert arrays["epochs"].dtype == np.int32  # never int16: epoch arithmetic would wrap
     payload = json.loads((folder / store.FIT_FILE).read_text())
     assert payload["store_version"] == store.STORE_VERSION == 3
 

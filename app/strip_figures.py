@@ -33,7 +33,8 @@ def strip_order(training_map) -> list[str]:
 
 
 def strip_cells(training_map, runs: list[str], max_columns: int):
-    """(x, z, per_column, n_epochs) of the strip: ``z[i, j]`` is the state of ``runs[i]`` in column ``j``.
+    """(x, z, per_column, n_epochs) of the strip: ``z[i, j]``, the state of
+    ``runs[i]`` in column ``j`` at epoch ``x[j]``; ``n_epochs`` distinct epochs in all.
 
     Each column is one epoch (``per_column`` 1) while there are at most
     ``max_columns`` distinct epochs; past that, ``per_column`` consecutive

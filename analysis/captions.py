@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from trainmap.analysis import glossary
+from trainmap.analysis.result import aligned_paths
 from trainmap.trainer.errors import UserError
 
 MAX_NAME_LENGTH = 40
@@ -53,13 +54,9 @@ def clean_state_name(name) -> str:
 
 def epoch_range(training_map, state: int, low: float = 10, high: float = 90):
     """(first, last) epoch between the given percentiles of the state's checkpoints, or None."""
-    epochs = [
-        epoch
-        for run, path in training_map.paths.items()
-        for epoch, k in zip(training_map.epochs[run], path)
-        if int(k) == int(state)
-    ]
-    if not epochs:
+    paths, epochs = aligned_paths(training_map)
+    epochs = epochs.flat[paths.flat == int(state)]
+    if not len(epochs):
         return None
     lo, hi = np.percentile(np.asarray(epochs, dtype=float), [low, high])
     return int(round(lo)), int(round(hi))

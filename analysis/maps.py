@@ -17,7 +17,7 @@ import numpy as np
 from trainmap.analysis.evidence import detour_tests, occupancy_regression
 from trainmap.analysis.explain import edge_gradients
 from trainmap.analysis.model import make_model
-from trainmap.analysis.result import EdgeFeature, EdgeInfo, StateInfo, TrainingMap
+from trainmap.analysis.result import EdgeFeature, EdgeInfo, RunArrays, StateInfo, TrainingMap
 
 
 def convergence_epoch(epochs: np.ndarray, accuracy: np.ndarray | None, threshold: float = 0.9):
@@ -148,8 +148,8 @@ def build_map(
         n_states=n,
         states=states,
         edges=edges,
-        paths={r: p.astype(int).tolist() for r, p in zip(run_names, paths)},
-        epochs={r: np.asarray(e).astype(int).tolist() for r, e in zip(run_names, epochs)},
+        paths=RunArrays.from_mapping(dict(zip(run_names, paths))),
+        epochs=RunArrays.from_mapping(dict(zip(run_names, epochs))),
         convergence_epoch={r: convergence.get(r) for r in run_names},
         regression=regression,
         dissimilarity=total_variation_dissimilarity(occupancy),

@@ -69,7 +69,7 @@ This module must not import torch (tested).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,8 +110,8 @@ class Reference:
     threshold: float
     arrays: dict  # startprob, transmat, means, covars (canonical state order)
     runs: list[str]
-    epochs: dict[str, np.ndarray]
-    paths: dict[str, np.ndarray]
+    epochs: Mapping[str, np.ndarray]  # run -> integer array (a RunArrays when loaded)
+    paths: Mapping[str, np.ndarray]
     convergence: dict[str, int | None]
     first_n: int | None = None
 
@@ -277,14 +277,13 @@ def load_reference(root, experiment, *, n: int | None = None, key: str | None = 
         key, stale, created = chosen["key"], not chosen["current"], chosen["created_at"]
     else:
         stale, created = False, ""
-    loaded = store.read_fit(store.fits_dir(root, experiment) / key)
+    loaded = store.load_fit_folder(store.fits_dir(root, experiment) / key)
     if loaded is None:
         raise PredictError(
             f"the saved fit {key} of {experiment} is unreadable or from an older trainmap; "
             f"refit: trainmap fit {os.path.join(str(root), experiment)} --refit"
         )
-    payload, models = loaded
-    result = store.result_from_payload(payload)
+    result, payload, models = loaded
     n = result.selected_n if n is None else int(n)
     if n not in result.maps or n not in models:
         raise PredictError(f"the saved fit has no map with n={n}; feasible: {sorted(result.maps)}")
@@ -310,8 +309,8 @@ def load_reference(root, experiment, *, n: int | None = None, key: str | None = 
         threshold=float(params.get("threshold", 0.9)),
         arrays={k: np.asarray(v, dtype=float) for k, v in models[n].items()},
         runs=list(tmap.paths),
-        epochs={r: np.asarray(e, dtype=np.int64) for r, e in tmap.epochs.items()},
-        paths={r: np.asarray(p, dtype=int) for r, p in tmap.paths.items()},
+        epochs=tmap.epochs,  # RunArrays: run -> read-only integer array
+        paths=tmap.paths,
         convergence=dict(tmap.convergence_epoch),
         first_n=params.get("first_n"),
     )

@@ -1,15 +1,118 @@
 """What a fit produces: plain data the CLI prints and the dashboard draws.
 
 These classes are the contract between ``analysis`` (which computes them) and
-``app`` (which only reads them). Everything here is numbers, strings and lists,
-so a result saves to JSON and loads back without pickle.
+``app`` (which only reads them). Everything here is numbers, strings, lists and,
+for the per-checkpoint data (a map's decoded paths and epochs, millions of
+values for a large experiment), integer arrays in a :class:`RunArrays`, so a
+result saves to JSON plus npz and loads back without pickle.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import pandas as pd
+
+
+class RunArrays(Mapping):
+    """Run name -> read-only 1-D integer array, every run's values in one array.
+
+    ``flat`` holds all runs one after another (in ``names`` order) and run
+    ``names[i]`` is ``flat[offsets[i]:offsets[i + 1]]``, a view: loading a
+    map's 4 M decoded states is one array, not 4 M Python ints, and whole-map
+    statistics work on ``flat`` directly (not named ``values``: that is the
+    Mapping method). Two RunArrays are equal when they hold the same runs with
+    equal values (the dtype may differ).
+    """
+
+    def __init__(self, names: Sequence[str], values: np.ndarray, offsets: np.ndarray):
+        names = [str(name) for name in names]
+        values = np.asarray(values)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(
+                f"values must be a 1-D integer array, got {values.dtype}{values.shape}"
+            )
+        if (
+            offsets.shape != (len(names) + 1,)
+            or offsets[0] != 0
+            or offsets[-1] != len(values)
+            or np.any(np.diff(offsets) < 0)
+        ):
+            raise ValueError("offsets must run from 0 to len(values), one more than the names")
+        if len(set(names)) != len(names):
+            raise ValueError("run names must be unique")
+        values = values.view()
+        values.flags.writeable = False  # the views handed out share this memory
+        self.names, self.flat, self.offsets = names, values, offsets
+        self._index = {name: i for i, name in enumerate(names)}
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Sequence[int]], dtype=np.int64) -> RunArrays:
+        """Pack ``{run: sequence of ints}`` (a RunArrays is returned as it is)."""
+        if isinstance(mapping, RunArrays):
+            return mapping
+        names = list(mapping)
+        parts = [np.asarray(mapping[name], dtype=dtype).reshape(-1) for name in names]
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)])
+        values = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+        return cls(names, values, offsets)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def same_layout(self, other: RunArrays) -> bool:
+        """Whether ``other`` has the same runs in the same order with the same lengths."""
+        return self.names == other.names and np.array_equal(self.offsets, other.offsets)
+
+    def __getitem__(self, run: str) -> np.ndarray:
+        i = self._index[run]
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, run) -> bool:
+        return run in self._index
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        other = RunArrays.from_mapping(other)
+        return sorted(self.names) == sorted(other.names) and all(
+            np.array_equal(self[name], other[name]) for name in self.names
+        )
+
+    __hash__ = None  # mutable-looking container semantics, like dict
+
+    def to_lists(self) -> dict[str, list[int]]:
+        """``{run: list of ints}``: the JSON form (slow for millions of values)."""
+        return {name: self[name].tolist() for name in self.names}
+
+    def __repr__(self) -> str:
+        return f"RunArrays({len(self.names)} runs, {len(self.flat)} values)"
+
+
+def aligned_paths(training_map) -> tuple[RunArrays, RunArrays]:
+    """A map's (paths, epochs) as RunArrays of one layout: ``paths.flat[i]`` is the
+    state at epoch ``epochs.flat[i]``, so whole-map statistics need no loop over runs.
+
+    Without a copy for every map built or loaded by analysis; maps given as
+    plain ``{run: list}`` (as tests build them) are packed. Raises ValueError
+    when a run's path and epochs differ in length.
+    """
+    paths = RunArrays.from_mapping(training_map.paths)
+    epochs = training_map.epochs
+    if not (isinstance(epochs, RunArrays) and epochs.same_layout(paths)):
+        epochs = RunArrays.from_mapping({run: epochs[run] for run in paths.names})
+        if not epochs.same_layout(paths):
+            raise ValueError("a map's paths and epochs differ in length")
+    return paths, epochs
 
 
 @dataclass
@@ -60,8 +163,9 @@ class TrainingMap:
     n_states: int
     states: list[StateInfo]
     edges: list[EdgeInfo]
-    paths: dict[str, list[int]]  # run name -> canonical state per checkpoint
-    epochs: dict[str, list[int]]  # run name -> epoch per checkpoint (same length as path)
+    # run name -> canonical state per checkpoint (a RunArrays; tests may pass a dict)
+    paths: Mapping[str, np.ndarray]
+    epochs: Mapping[str, np.ndarray]  # run name -> epoch per checkpoint (same length as path)
     convergence_epoch: dict[str, int | None]  # None: censored (never reached threshold)
     # analysis.evidence.occupancy_regression: coef (state -> epochs, None if not
     # estimable), intercept, reference_state, n_params, df_model, df_resid, r2,
@@ -69,12 +173,24 @@ class TrainingMap:
     regression: dict
     dissimilarity: float  # mean pairwise total-variation distance of occupancies
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, with_paths: bool = True) -> dict:
+        """Plain JSON data; ``with_paths=False`` leaves out ``paths`` and ``epochs``
+        (the fit store keeps those in an npz)."""
+        out = asdict(replace(self, paths={}, epochs={}))  # asdict would deep-copy the arrays
+        del out["paths"], out["epochs"]
+        if with_paths:
+            out["paths"] = RunArrays.from_mapping(self.paths).to_lists()
+            out["epochs"] = RunArrays.from_mapping(self.epochs).to_lists()
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainingMap:
+    def from_dict(
+        cls, data: dict, paths: Mapping | None = None, epochs: Mapping | None = None
+    ) -> TrainingMap:
+        """The map of :meth:`to_dict`; ``paths`` and ``epochs`` when the data leaves them out."""
         data = dict(data)
+        data["paths"] = RunArrays.from_mapping(data["paths"] if paths is None else paths)
+        data["epochs"] = RunArrays.from_mapping(data["epochs"] if epochs is None else epochs)
         data["states"] = [StateInfo(**s) for s in data["states"]]
         data["edges"] = [
             EdgeInfo(**{**e, "top_features": [EdgeFeature(**f) for f in e["top_features"]]})

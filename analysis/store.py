@@ -3,10 +3,19 @@
 Layout::
 
     ROOT/EXPERIMENT/.fits/<key>/
-        fit.json      everything but the model arrays (params, features, sweep
-                      table, maps, excluded runs, scaling summary)
+        fit.json      everything but the arrays (params, features, sweep table,
+                      maps without their paths, excluded runs, scaling summary)
         models.npz    per feasible n: startprob, transmat, means, covars (canonical
                       state order), plus the scaling arrays
+        paths.npz     every map's decoded paths and epochs (STORE_VERSION 3):
+                      ``runs`` (names), ``offsets`` (run i is
+                      ``[offsets[i], offsets[i+1])``), ``epochs`` (all runs
+                      concatenated; they do not depend on n) and ``n<k>_paths``
+                      per feasible n; a map whose runs or epochs differ from the
+                      shared ones also has ``n<k>_runs``, ``n<k>_offsets`` and
+                      ``n<k>_epochs``. Version 2 kept paths and epochs as JSON
+                      lists in fit.json (tens of MB for 400 x 10000); such fits
+                      are still read.
         bootstraps.json  bootstraps over runs computed after the fit (e.g. for
                       another n), keyed by criterion/n/how n was chosen; the
                       one computed with the fit is in fit.json
@@ -37,15 +46,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainmap.analysis.result import FitResult, TrainingMap
+from trainmap.analysis.result import FitResult, RunArrays, TrainingMap
 
 FITS_DIR = ".fits"
 FIT_FILE = "fit.json"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "models.npz"
+PATHS_FILE = "paths.npz"
 BOOTSTRAPS_FILE = "bootstraps.json"  # bootstraps added later, for other n (analysis.bootstrap)
 NAMES_FILE = "names.json"
-STORE_VERSION = 2  # 2: detour tests and the corrected regression
+STORE_VERSION = 3  # 2: detour tests and the corrected regression; 3: paths in paths.npz
+READABLE_VERSIONS = (2, 3)
 
 
 def fits_dir(root, experiment) -> Path:
@@ -129,7 +140,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
             "sweep": result.sweep.to_dict(orient="list"),
             "sweep_columns": list(result.sweep.columns),
             "selected_n": result.selected_n,
-            "maps": {str(n): m.to_dict() for n, m in result.maps.items()},
+            "maps": {str(n): m.to_dict(with_paths=False) for n, m in result.maps.items()},
             "warnings": list(result.warnings),
             "selection": dict(result.selection),
             "bootstrap": result.bootstrap,
@@ -146,6 +157,7 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         (tmp / ARRAYS_FILE).write_bytes(buffer.getvalue())
+        (tmp / PATHS_FILE).write_bytes(_paths_npz(result.maps))
         if final.exists():  # an identical fit saved meanwhile: keep one
             if os.path.lexists(final / NAMES_FILE):  # with the names users gave its states
                 try:
@@ -160,8 +172,75 @@ def save_fit(root, experiment, result: FitResult, models: dict[int, dict], extra
     return final
 
 
+# Epochs are at least int32: an epoch in int16 would wrap at 32767 in arithmetic
+# like ``epoch + elapsed`` (a state number is never added to like that).
+EPOCH_TYPES = (np.int32,)
+
+
+def _smallest_int(values: np.ndarray, types=(np.int8, np.int16, np.int32)) -> np.ndarray:
+    """``values`` in the first of ``types`` that holds them, else int64 (states fit in int8)."""
+    values = np.asarray(values, dtype=np.int64)
+    low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+    for dtype in types:
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values
+
+
+def _paths_npz(maps: dict[int, TrainingMap]) -> bytes:
+    """The bytes of paths.npz: every map's paths, the runs' layout and epochs once."""
+    arrays: dict[str, np.ndarray] = {}
+    shared: RunArrays | None = None
+    for n, tmap in sorted(maps.items()):
+        paths = RunArrays.from_mapping(tmap.paths)
+        epochs = RunArrays.from_mapping(tmap.epochs)
+        if not epochs.same_layout(paths):  # same runs in the paths' order
+            epochs = RunArrays.from_mapping({run: tmap.epochs[run] for run in paths.names})
+        if shared is None:
+            shared = epochs
+            arrays.update(runs=np.array(epochs.names, dtype=str), offsets=epochs.offsets)
+            arrays["epochs"] = _smallest_int(epochs.flat, EPOCH_TYPES)
+        elif not (epochs.same_layout(shared) and np.array_equal(epochs.flat, shared.flat)):
+            arrays[f"n{n}_runs"] = np.array(epochs.names, dtype=str)
+            arrays[f"n{n}_offsets"] = epochs.offsets
+            arrays[f"n{n}_epochs"] = _smallest_int(epochs.flat, EPOCH_TYPES)
+        arrays[f"n{n}_paths"] = _smallest_int(paths.flat)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # not compressed: loading is the cost that matters
+    return buffer.getvalue()
+
+
+def _read_paths(path: Path, ns: list[int]) -> dict[int, tuple[RunArrays, RunArrays]]:
+    """``{n: (paths, epochs)}`` from a fit's paths.npz; raises ValueError if damaged."""
+    with np.load(io.BytesIO(_read(path / PATHS_FILE)), allow_pickle=False) as npz:
+        flat = {name: npz[name] for name in npz.files}
+    # One RunArrays object for the shared epochs, so every map holds the same
+    # one (a pickle of the fit, as the dashboard's cache makes, stores it once).
+    epochs_of: dict[str, RunArrays] = {}
+    out = {}
+    for n in ns:
+        prefix = f"n{n}_" if f"n{n}_runs" in flat else ""
+        if prefix not in epochs_of:
+            names = flat[f"{prefix}runs"]
+            if names.dtype.kind != "U":
+                raise ValueError(f"run names of n={n} are not text")
+            epochs_of[prefix] = RunArrays(
+                names.tolist(), flat[f"{prefix}epochs"], flat[f"{prefix}offsets"]
+            )
+        epochs = epochs_of[prefix]
+        paths = RunArrays(epochs.names, flat[f"n{n}_paths"], epochs.offsets)
+        if len(paths.flat) and (paths.flat.min() < 0 or paths.flat.max() >= n):
+            raise ValueError(f"a state of the n={n} map is out of range")
+        out[n] = (paths, epochs)
+    return out
+
+
 def read_fit(path: Path) -> tuple[dict, dict[int, dict]] | None:
-    """The JSON payload and the model arrays of a saved fit, or None if absent/unreadable."""
+    """The JSON payload and the model arrays of a saved fit, or None if absent/unreadable.
+
+    Not the paths of a version-3 fit (see :func:`load_fit_folder`): listing fits
+    and reading model arrays never need them.
+    """
     if _linked(path):
         return None
     try:
@@ -170,7 +249,7 @@ def read_fit(path: Path) -> tuple[dict, dict[int, dict]] | None:
             flat = {name: npz[name] for name in npz.files}
     except Exception:  # noqa: BLE001 - a damaged or refused fit is simply not there
         return None
-    if not isinstance(payload, dict) or payload.get("store_version") != STORE_VERSION:
+    if not isinstance(payload, dict) or payload.get("store_version") not in READABLE_VERSIONS:
         return None
     models: dict[int, dict] = {}
     for name, value in flat.items():
@@ -180,8 +259,33 @@ def read_fit(path: Path) -> tuple[dict, dict[int, dict]] | None:
     return payload, models
 
 
-def result_from_payload(payload: dict) -> FitResult:
-    """Rebuild a FitResult from a saved payload (null floats come back as NaN)."""
+def load_fit_folder(path: Path) -> tuple[FitResult, dict, dict[int, dict]] | None:
+    """(result with its maps' paths, payload, model arrays) of a saved fit, or None.
+
+    None when anything is absent, refused (a symlink) or damaged, e.g. a
+    version-3 fit without a readable paths.npz: a broken fit is not there.
+    """
+    loaded = read_fit(path)
+    if loaded is None:
+        return None
+    payload, models = loaded
+    try:
+        paths = None
+        if payload["store_version"] >= 3:
+            paths = _read_paths(path, [int(n) for n in payload["maps"]])
+        return result_from_payload(payload, paths), payload, models
+    except Exception:  # noqa: BLE001 - a damaged or refused fit is simply not there
+        return None
+
+
+def result_from_payload(
+    payload: dict, paths: dict[int, tuple[RunArrays, RunArrays]] | None = None
+) -> FitResult:
+    """Rebuild a FitResult from a saved payload (null floats come back as NaN).
+
+    ``paths``: ``{n: (paths, epochs)}`` of a version-3 fit (from paths.npz); a
+    version-2 payload holds them itself.
+    """
     sweep = pd.DataFrame(payload["sweep"], columns=payload["sweep_columns"])
     for column in sweep.columns:
         if column not in ("feasible", "error"):
@@ -194,7 +298,10 @@ def result_from_payload(payload: dict) -> FitResult:
         for state in data["states"]:
             if state["mean_epoch"] is None:
                 state["mean_epoch"] = float("nan")
-        maps[int(n)] = TrainingMap.from_dict(data)
+        if paths is None:  # version 2: lists in the JSON
+            maps[int(n)] = TrainingMap.from_dict(data)
+        else:
+            maps[int(n)] = TrainingMap.from_dict(data, *paths[int(n)])
     return FitResult(
         experiment=payload["experiment"],
         fingerprint=payload["fingerprint"],
@@ -255,11 +362,11 @@ def _read_bootstraps(base: Path) -> dict:
 
 
 def find_fit(root, experiment, key: str) -> tuple[FitResult, dict[int, dict]] | None:
-    loaded = read_fit(fits_dir(root, experiment) / key)
+    loaded = load_fit_folder(fits_dir(root, experiment) / key)
     if loaded is None:
         return None
-    payload, models = loaded
-    return result_from_payload(payload), models
+    result, _, models = loaded
+    return result, models
 
 
 def _summary(payload: dict) -> dict:

@@ -87,6 +87,27 @@ def state_segments(epochs: Sequence[int], path: Sequence[int]) -> list[tuple[flo
     return segments
 
 
+def epoch_columns(epochs) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct epochs, position of each entry's epoch among them).
+
+    ``np.unique(epochs, return_inverse=True)``, but it counts instead of sorting
+    when the epochs span a range not much larger than their number (the usual
+    case: 4 M checkpoints over 10 000 epochs), which is several times faster.
+    """
+    epochs = np.asarray(epochs, dtype=np.int64)
+    if len(epochs) == 0:
+        return epochs, np.empty(0, dtype=np.intp)
+    low = int(epochs.min())
+    span = int(epochs.max()) - low + 1
+    if span > 4 * len(epochs) + 1024:  # sparse: the dense table would be mostly empty
+        columns, inverse = np.unique(epochs, return_inverse=True)
+        return columns, inverse.reshape(-1)
+    present = np.zeros(span, dtype=bool)
+    present[epochs - low] = True
+    position = np.cumsum(present) - 1
+    return np.flatnonzero(present) + low, position[epochs - low]
+
+
 def state_label(labels: Mapping | None, state: int) -> str:
     entry = (labels or {}).get(int(state))
     return entry["label"] if entry else f"S{int(state)}"

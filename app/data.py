@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from flask import current_app
 from flask_caching import Cache
@@ -338,7 +339,7 @@ def run_states(
     if fit is None or n not in fit.maps or run not in fit.maps[n].paths:
         return None
     tmap = fit.maps[n]
-    return list(tmap.epochs[run]), list(tmap.paths[run])
+    return np.asarray(tmap.epochs[run]).tolist(), np.asarray(tmap.paths[run]).tolist()
 
 
 @cache.memoize()

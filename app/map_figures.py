@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from trainmap.analysis.result import aligned_paths
 from trainmap.app import evidence
 from trainmap.app.common_figures import finite, prob_text, state_color
 
@@ -175,9 +176,10 @@ def map_elements(
 
 def highlight_path(elements: list[dict], path: Sequence[int] | None) -> list[dict]:
     """A copy of ``elements`` where the nodes and edges of ``path`` have class ``onpath``."""
-    path = list(path or [])
-    on_nodes = {f"s{int(s)}" for s in path}
-    on_edges = {f"e{int(a)}-{int(b)}" for a, b in zip(path[:-1], path[1:]) if a != b}
+    path = np.asarray([] if path is None else path, dtype=np.int64)
+    moves = np.flatnonzero(path[1:] != path[:-1])  # 10 000 checkpoints, a handful of moves
+    on_nodes = {f"s{s}" for s in np.unique(path).tolist()}
+    on_edges = {f"e{a}-{b}" for a, b in zip(path[moves].tolist(), path[moves + 1].tolist())}
     out = []
     for element in elements:
         classes = [c for c in element.get("classes", "").split() if c != "onpath"]
@@ -282,14 +284,23 @@ def neighbourhood(elements: Sequence[Mapping], element_id: str) -> list[str]:
 
 
 def states_frame(training_map) -> pd.DataFrame:
-    """Long table of decoded states: run, epoch, state (for CSV download)."""
-    parts = [
-        pd.DataFrame({"run": run, "epoch": training_map.epochs[run], "state": path})
-        for run, path in sorted(training_map.paths.items())
-    ]
-    if not parts:
+    """Long table of decoded states: run, epoch, state (for CSV download), runs sorted."""
+    paths, epochs = aligned_paths(training_map)
+    if not len(paths):
         return pd.DataFrame(columns=["run", "epoch", "state"])
-    return pd.concat(parts, ignore_index=True)
+    run = pd.Categorical.from_codes(
+        np.repeat(np.arange(len(paths)), paths.lengths()), categories=paths.names
+    )
+    frame = pd.DataFrame(
+        {
+            "run": run,
+            "epoch": epochs.flat.astype(np.int64),
+            "state": paths.flat.astype(np.int64),
+        }
+    )
+    frame["run"] = frame["run"].astype(str)
+    # a stable sort by run keeps each run's checkpoints in order
+    return frame.sort_values("run", kind="stable", ignore_index=True)
 
 
 def _explained(rows: Iterable[Mapping]) -> list[dict]:

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 WIDTH, HEIGHT = 1400, 1000  # the window; headless chromium shows about 1400 x 860 of the page
 MAX_HEIGHT = 4000
 TIMEOUT = 60  # seconds a page gets to draw (a first load computes and caches its views)
@@ -207,7 +209,7 @@ class _Camera:
         from trainmap.app.browser import wait_for
 
         tmap = self._fit_map(experiment)
-        run = max(sorted(tmap.paths), key=lambda r: len(set(map(int, tmap.paths[r]))))
+        run = max(sorted(tmap.paths), key=lambda r: len(np.unique(tmap.paths[r])))
         self._open(f"/curves?experiment={experiment}&run={run}&metric=eval_acc", height=820)
         wait_for(
             lambda: self.driver.execute_script(

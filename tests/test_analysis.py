@@ -194,7 +194,11 @@ def test_map_contents(experiment):
         # Canonical labels: ordered by mean epoch of first visit.
         firsts = []
         for k in range(n):
-            visits = [m.epochs[r][m.paths[r].index(k)] for r in result.runs if k in m.paths[r]]
+            visits = [
+                m.epochs[r][np.flatnonzero(m.paths[r] == k)[0]]
+                for r in result.runs
+                if np.any(m.paths[r] == k)
+            ]
             firsts.append(np.mean(visits) if visits else np.inf)
         assert firsts == sorted(firsts)
         for e in m.edges:
@@ -252,17 +256,21 @@ def test_fixed_seed_is_deterministic():
 def test_store_round_trip_without_pickle_and_invalidation(experiment, tmp_path):
     root, truth, result, _ = experiment
     saved = store.fits_dir(root, "exp") / result.fingerprint
-    assert sorted(p.name for p in saved.iterdir()) == ["fit.json", "models.npz", "summary.json"]
+    files = sorted(p.name for p in saved.iterdir())
+    assert files == ["fit.json", "models.npz", "paths.npz", "summary.json"]
 
     # Plain JSON (no NaN/Infinity tokens) and arrays that load with allow_pickle=False.
     def refuse(token):
         raise AssertionError(f"non-standard JSON token {token}")
 
-    json.loads((saved / "fit.json").read_text(), parse_constant=refuse)
+    payload = json.loads((saved / "fit.json").read_text(), parse_constant=refuse)
+    assert all("paths" not in m and "epochs" not in m for m in payload["maps"].values())
     with np.load(saved / "models.npz", allow_pickle=False) as npz:
         assert all(npz[name].dtype != object for name in npz.files)
         n = result.selected_n
         assert npz[f"n{n}_transmat"].shape == (n, n)
+    with np.load(saved / "paths.npz", allow_pickle=False) as npz:
+        assert all(npz[name].dtype != object for name in npz.files)
 
     loaded = api.load_fit(root, "exp", **FIT)
     assert loaded is not None and loaded.loaded

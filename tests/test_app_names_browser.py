@@ -23,6 +23,7 @@ from test_app_browser import (  # noqa: F401  (fixtures are used by name)
 from test_app_support import EXPERIMENT
 
 from trainmap.analysis import captions
+from trainmap.app import strip_figures
 
 pytestmark = pytest.mark.browser
 
@@ -110,9 +111,17 @@ def test_rename_a_state_and_see_it_on_the_map_and_in_the_strip(dash_duo, dash_ap
     assert_no_console_errors(dash_duo)
 
 
-def test_click_a_strip_row_selects_the_run_everywhere(dash_duo, dash_app):  # noqa: F811
+@pytest.mark.parametrize("max_columns", [None, 7], ids=["every-checkpoint", "thinned"])
+def test_click_a_strip_row_selects_the_run_everywhere(
+    dash_duo,
+    dash_app,  # noqa: F811
+    monkeypatch,
+    max_columns,
+):
     app, _truth, fit = dash_app
     tmap = fit.map()
+    if max_columns:  # the server runs in this process: its strip shows 7 columns
+        monkeypatch.setattr(strip_figures, "STRIP_MAX_COLUMNS", max_columns)
     dash_duo.driver.set_window_size(1400, 1000)
     dash_duo.start_server(app)
     dash_duo.wait_for_page(f"{dash_duo.server_url}/map?experiment={EXPERIMENT}")
@@ -126,12 +135,14 @@ def test_click_a_strip_row_selects_the_run_everywhere(dash_duo, dash_app):  # no
     expected = sorted(tmap.paths, key=lambda r: (conv[r] is None, conv[r] or 0, r))
     assert [t.split(" ")[0] for t in order] == expected
     assert all(("never converged" in t) == (conv[r] is None) for t, r in zip(order, expected))
+    title = dash_duo.driver.execute_script(f"return {PLOT.format('map-strip')}.layout.title.text;")
+    assert ("thinned" in title) == bool(max_columns)
 
     run = expected[len(expected) // 2]
     # A click that lands while plotly redraws the strip (its figure can arrive twice on
     # first load) is dropped by the browser; a user clicks again, and so does this test.
     for attempt in range(3):
-        click_strip_row(dash_duo, run, tmap.epochs[run][len(tmap.epochs[run]) // 2])
+        click_strip_row(dash_duo, run, int(tmap.epochs[run][len(tmap.epochs[run]) // 2]))
         try:
             wait_for(lambda: query(dash_duo).get("run") == run, 5, "clicked run in the URL")
             break

@@ -157,3 +157,130 @@ def test_a_large_strip_stays_light(fit, monkeypatch):
     fig = strip_figures.strip_figure(fit.map(4))
     assert fig.data[0].text is None and "S%{z}" in fig.data[0].hovertemplate
     assert fig.layout.yaxis.showticklabels is False and fig.layout.yaxis.ticktext is None
+
+
+# --------------------------------------------- vectorised = the simple loops
+
+
+def random_map(seed: int, n_runs: int = 7, n_states: int = 4, sparse: bool = False):
+    """A plain map object: runs of different lengths and epochs, flickering states."""
+    rng = np.random.default_rng(seed)
+    tmap = type("Map", (), {})()
+    tmap.n_states = n_states
+    tmap.paths, tmap.epochs = {}, {}
+    for i in range(n_runs):
+        length = int(rng.integers(1, 60))
+        step = 1000 if sparse else int(rng.integers(1, 4))
+        tmap.epochs[f"r{i}"] = (int(rng.integers(0, 5)) + step * np.arange(length)).tolist()
+        tmap.paths[f"r{i}"] = rng.integers(0, n_states, length).tolist()
+    tmap.convergence_epoch = {r: (None if i % 3 == 0 else 7 * i) for i, r in enumerate(tmap.paths)}
+    tmap.states = []
+    return tmap
+
+
+def simple_modal_states(tmap):
+    counts: dict[int, dict[int, int]] = {}
+    for run, path in tmap.paths.items():
+        for epoch, state in zip(tmap.epochs[run], path):
+            per = counts.setdefault(int(epoch), {})
+            per[int(state)] = per.get(int(state), 0) + 1
+    epochs = sorted(counts)
+    return epochs, [min(counts[e], key=lambda k, c=counts[e]: (-c[k], k)) for e in epochs]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_modal_states_and_epoch_range_equal_the_simple_loops(seed):
+    tmap = random_map(seed, sparse=seed % 2 == 1)
+    assert curve_figures.modal_states(tmap) == simple_modal_states(tmap)
+    for state in range(tmap.n_states + 1):
+        epochs = [e for r, p in tmap.paths.items() for e, k in zip(tmap.epochs[r], p) if k == state]
+        expected = None
+        if epochs:
+            lo, hi = np.percentile(np.asarray(epochs, dtype=float), [10, 90])
+            expected = (int(round(lo)), int(round(hi)))
+        assert captions.epoch_range(tmap, state) == expected
+
+
+@pytest.mark.parametrize("epochs", [[5, 3, 3, 9, 5], [10**9, 3, 10**9, -4], [7], []])
+def test_epoch_columns_equal_np_unique(epochs):
+    columns, position = common_figures.epoch_columns(epochs)
+    expected, inverse = np.unique(np.asarray(epochs, dtype=np.int64), return_inverse=True)
+    assert columns.tolist() == expected.tolist() and position.tolist() == inverse.tolist()
+
+
+def test_states_table_and_path_highlight_equal_the_simple_versions(fit):
+    tmap = fit.map(4)
+    frame = map_figures.states_frame(tmap)
+    simple = pd.concat(
+        [
+            pd.DataFrame({"run": run, "epoch": tmap.epochs[run], "state": path})
+            for run, path in sorted(tmap.paths.items())
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(frame, simple, check_dtype=False)
+    elements = map_figures.map_elements(tmap)
+    for path in tmap.paths.values():
+        on_nodes = {f"s{s}" for s in path}
+        on_edges = {f"e{a}-{b}" for a, b in zip(path[:-1], path[1:]) if a != b}
+        onpath = {
+            e["data"]["id"]
+            for e in map_figures.highlight_path(elements, np.asarray(path))
+            if "onpath" in e["classes"].split()
+        }
+        assert onpath == {e["data"]["id"] for e in elements} & (on_nodes | on_edges)
+
+
+def simple_thinned_strip(tmap, runs, per_column):
+    """Per run and bin of ``per_column`` distinct epochs: the most common state (ties: lower)."""
+    epochs = sorted({e for r in runs for e in tmap.epochs[r]})
+    bin_of = {e: i // per_column for i, e in enumerate(epochs)}
+    n_bins = -(-len(epochs) // per_column)
+    z = np.full((len(runs), n_bins), np.nan)
+    for i, run in enumerate(runs):
+        votes: dict[int, list[int]] = {}
+        for epoch, state in zip(tmap.epochs[run], tmap.paths[run]):
+            votes.setdefault(bin_of[epoch], []).append(state)
+        for b, states in votes.items():
+            z[i, b] = min(set(states), key=lambda k, s=states: (-s.count(k), k))
+    return z, len(epochs)
+
+
+@pytest.mark.parametrize("max_columns", [1, 4, 10, 1000])
+def test_a_strip_past_max_columns_shows_the_most_common_state_per_bin(max_columns):
+    tmap = random_map(11, n_runs=9)
+    runs = strip_figures.strip_order(tmap)
+    x, z, per_column, n_epochs = strip_figures.strip_cells(tmap, runs, max_columns)
+    assert per_column == max(1, -(-n_epochs // max_columns)) and len(x) <= max_columns
+    expected, n_distinct = simple_thinned_strip(tmap, runs, per_column)
+    assert n_epochs == n_distinct
+    np.testing.assert_array_equal(z, expected)
+    fig = strip_figures.strip_figure(tmap, max_columns=max_columns, selected_run=runs[2])
+    heat = fig.data[0]
+    assert list(heat.y) == runs  # a click on a row still names its run
+    framed = [s for s in fig.layout.shapes if s.name == "selected run"]
+    assert len(framed) == 1 and round(framed[0].y0 + 0.5) == 2
+    if per_column > 1:  # thinned: said in the title and the hover, by how much
+        assert f"most common state of {per_column} checkpoint epochs" in fig.layout.title.text
+        assert f"{n_epochs} epochs thinned to {len(x)} columns" in fig.layout.title.text
+        assert f"most common state of {per_column}" in heat.hovertemplate
+    else:
+        assert "thinned" not in fig.layout.title.text and list(heat.x) == sorted(
+            {e for r in runs for e in tmap.epochs[r]}
+        )
+
+
+def test_a_thinned_strip_outlines_the_detour_stretches_it_shows(fit):
+    tmap = fit.map(4)
+    detours = {s.state for s in tmap.states if s.is_detour}
+    fig = strip_figures.strip_figure(tmap, max_columns=12)
+    heat = fig.data[0]
+    z = np.array(heat.z, dtype=float)
+    outlined = [s for s in fig.layout.shapes if s.name.startswith("detour")]
+    shown = {(i, j) for i, j in zip(*np.nonzero(np.isin(z, list(detours))))}
+    assert shown, "some thinned cells still show the detour"
+    covered = set()
+    for shape in outlined:
+        row = round(shape.y0 + 0.5)
+        covered |= {(row, j) for j, x in enumerate(heat.x) if shape.x0 < x < shape.x1}
+    assert covered == shown

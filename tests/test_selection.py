@@ -168,12 +168,14 @@ def test_selection_is_saved_and_old_fits_load(tmp_path):
     assert plain.selection["criterion"] == "bic_mean" and plain.selection["penalty"] == "plain"
     assert plain.selection["autocorr_time"] is None
     # A fit saved before selection and the ESS columns existed still loads and selects.
-    payload, _ = store.read_fit(store.fits_dir(tmp_path, "exp") / result.fingerprint)
+    saved, payload, _ = store.load_fit_folder(store.fits_dir(tmp_path, "exp") / result.fingerprint)
     del payload["selection"]
     old = [c for c in payload["sweep_columns"] if c not in ("lag1_best", "autocorr_time")]
     payload["sweep"] = {c: payload["sweep"][c] for c in old}
     payload["sweep_columns"] = [c for c in old if not c.endswith("_ess")]
-    legacy = store.result_from_payload(payload)
+    legacy = store.result_from_payload(
+        payload, {n: (m.paths, m.epochs) for n, m in saved.maps.items()}
+    )
     assert legacy.selection == {}
     chosen = api._choose(legacy, DEFAULT_CRITERION, None)
     assert chosen.selected_n == select_n(legacy.sweep, "icl")

@@ -435,3 +435,16 @@ def test_computing_leaves_the_weights_unchanged():
     before = [p.detach().clone() for p in model.parameters()]
     WeightMetrics(model, ["0", "2", "3"]).compute()
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_hook_points_without_matrices_give_nan_matrix_columns():
+    """A norm layer's gain and bias only: the matrix columns are NaN, the value columns numbers."""
+    model = nn.Sequential(nn.LayerNorm(4))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        model[0].bias.copy_(torch.tensor([0.5, -0.5, 1.5, 0.0]))
+    columns, finite = WeightMetrics(model, ["0"], include_gains=True).compute()
+    assert finite
+    assert all(math.isnan(columns[c]) for c in MATRIX_METRICS)
+    assert columns["mean_w"] == 2.5 and columns["median_w"] == 2.5
+    assert columns["var_w"] == pytest.approx(1.25) and columns["var_b"] == pytest.approx(0.546875)

@@ -3,11 +3,11 @@
 Two kinds of small pure functions, each registered by a decorator, so adding a
 metric is adding one function:
 
-* **matrix metrics** take a batch of same-shape matrices (:class:`Matrices`:
-  their entries ``(G, m, n)`` and singular values ``(G, k)``) and return one
-  value per matrix ``(G,)``; the column is the average over all matrices
-  (``l1``, ``spectral``, ...). A metric built from others (the sparsities)
-  asks the batch for them, ``m.metric(l1)``, so each is computed once;
+* **matrix metrics** take a checkpoint's :class:`Matrices` (every matrix's
+  entries and singular values) and return one value per matrix ``(V,)``; the
+  column is the average over all matrices (``l1``, ``spectral``, ...). A metric
+  built from others (the sparsities) asks for them, ``m.metric(l1)``, so each
+  is computed once;
 * **value metrics** take a group's :class:`Values` (all its weights, or all its
   biases) and return a number (``mean_w``, ``mean_b``).
 
@@ -20,7 +20,8 @@ once, then on every call computes the singular values of every matrix ONCE
 (from its float64 Gram matrix, see ``_singular_values``), batched across
 matrices of the same shape (a matrix and its transpose have the same singular
 values, l1, l2 and main diagonal, so ``(512, 128)`` and ``(128, 512)`` share a
-batch). The weights are read as few times as possible: each parameter's sum and
+batch), and every metric once for all matrices: a few hundred tensor operations
+a checkpoint, not a few per matrix. The weights are read as few times as possible: each parameter's sum and
 sum of squares (the Gram matrix's trace) are computed once and give the mean and
 variance of every group it belongs to (model level and hook point, merged with
 Chan's formula); only the medians need the values themselves. It writes the
@@ -60,7 +61,7 @@ __all__ = [
     "dist_irr",
 ]
 
-MatrixMetric = Callable[["Matrices"], Tensor]  # -> (G,) float64, one value per matrix
+MatrixMetric = Callable[["Matrices"], Tensor]  # -> (V,) float64, one value per matrix
 ValueMetric = Callable[["Values"], float]
 
 MATRIX_METRICS: dict[str, MatrixMetric] = {}
@@ -68,7 +69,7 @@ VALUE_METRICS: dict[str, ValueMetric] = {}
 
 
 def matrix_metric(fn: MatrixMetric) -> MatrixMetric:
-    """Register ``fn(matrices: Matrices) -> (G,)`` under its name."""
+    """Register ``fn(matrices: Matrices) -> (V,)`` under its name."""
     MATRIX_METRICS[fn.__name__] = fn
     return fn
 
@@ -91,18 +92,24 @@ def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
 
 
 class Matrices:
-    """A batch of same-shape matrices, float64, and their singular values.
+    """Every matrix of a checkpoint (V of them, heads counted apart), float64.
 
-    ``entries`` is ``(G, m, n)`` with m >= n (a wide matrix is measured as its
-    transpose: every metric here is the same for both); ``singular_values`` is
-    ``(G, n)``, descending, so ``[:, 0]`` is the largest. ``metric(fn)`` is
-    ``fn(self)``, computed once per batch, for metrics built from other metrics.
+    ``batches`` hold the entries, one tensor ``(G, m, n)`` per shape with m >= n
+    (a wide matrix as its transpose: every metric here is the same for both);
+    ``each(fn)`` applies ``fn`` to every batch and returns the ``(V,)`` results,
+    matrices in batch order. ``singular_values`` is ``(V, k)`` in the same order:
+    each matrix's, descending (``[:, 0]`` is the largest), then NaN up to the
+    widest matrix's count, so reductions over them are the nan-aware ones.
+    ``metric(fn)`` is ``fn(self)``, computed once, for metrics built from others.
     """
 
-    def __init__(self, entries: Tensor, singular_values: Tensor):
-        self.entries = entries
+    def __init__(self, batches: list[Tensor], singular_values: Tensor):
+        self.batches = batches
         self.singular_values = singular_values
         self._computed: dict[MatrixMetric, Tensor] = {}
+
+    def each(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        return torch.cat([fn(batch) for batch in self.batches])
 
     def metric(self, fn: MatrixMetric) -> Tensor:
         if fn not in self._computed:
@@ -112,14 +119,14 @@ class Matrices:
 
 @matrix_metric
 def l1(m: Matrices) -> Tensor:
-    return m.entries.abs().sum(dim=(-2, -1))
+    return m.each(lambda w: w.abs().sum(dim=(-2, -1)))
 
 
 @matrix_metric
 def l2(m: Matrices) -> Tensor:
     # The Frobenius norm, from the singular values (sum of squares = sum of sigma^2):
     # no second pass over the weights.
-    return m.singular_values.square().sum(dim=-1).sqrt()
+    return m.singular_values.square().nansum(dim=-1).sqrt()
 
 
 @matrix_metric
@@ -130,7 +137,7 @@ def code_sparsity(m: Matrices) -> Tensor:
 @matrix_metric
 def trace(m: Matrices) -> Tensor:
     # the first min(rows, cols) entries of the main diagonal
-    return m.entries.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
+    return m.each(lambda w: w.diagonal(dim1=-2, dim2=-1).sum(dim=-1))
 
 
 @matrix_metric
@@ -145,12 +152,13 @@ def computational_sparsity(m: Matrices) -> Tensor:
 
 @matrix_metric
 def mean_sv(m: Matrices) -> Tensor:
-    return m.singular_values.mean(dim=-1)
+    return m.singular_values.nanmean(dim=-1)
 
 
 @matrix_metric
 def var_sv(m: Matrices) -> Tensor:
-    return m.singular_values.var(dim=-1, correction=0)  # ddof=0, as defined (not Bessel's)
+    deviations = m.singular_values - m.metric(mean_sv)[:, None]
+    return deviations.square().nanmean(dim=-1)  # ddof=0, as defined (not Bessel's)
 
 
 # ------------------------------------------------------------ value metrics
@@ -427,22 +435,33 @@ class WeightMetrics:
             hook: group(p for _, p in _owned_parameters(modules[hook], include_gains))
             for hook in self.hook_points
         }
-        # (groups, views): row g averages the matrix views of group g (model level
-        # first, then the hook points); a group without matrices gets NaN.
+        # Views (a matrix, or a head of one) are measured in batches of one tall
+        # shape; the shapes are the parameters', fixed here once. ``_batch_views``
+        # lists each batch's views (positions in the model-level views order), and
+        # every per-view table below is in the batches' order.
+        detached = [p.detach() for p in self.parameters]
+        views = [view for m in self._model_level[0] for view in m.views(detached)]
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for position, view in enumerate(views):
+            by_shape.setdefault(tuple(sorted(view.shape, reverse=True)), []).append(position)
+        self._batch_views = list(by_shape.values())
+        order = {view: row for row, view in enumerate(v for b in self._batch_views for v in b)}
         first_view, start = {}, 0
         for m in self._model_level[0]:
             first_view[m.index] = start
             start += m.heads
-        # the rows of each matrix parameter's views (its heads) in the views table
+        # the rows of each matrix parameter's views (its heads)
         self._view_rows = {
-            m.index: range(first_view[m.index], first_view[m.index] + m.heads)
+            m.index: [order[first_view[m.index] + h] for h in range(m.heads)]
             for m in self._model_level[0]
         }
+        # (groups, views): row g averages the matrix views of group g (model level
+        # first, then the hook points); a group without matrices gets NaN.
         self._averaging = torch.zeros(1 + len(self._per_hook), start, dtype=torch.float64)
         for g, (hook_matrices, _, _) in enumerate([self._model_level, *self._per_hook.values()]):
-            views = [first_view[m.index] + h for m in hook_matrices for h in range(m.heads)]
-            self._averaging[g, views] = 1 / len(views) if views else 0.0
-            if not views:
+            rows = [r for m in hook_matrices for r in self._view_rows[m.index]]
+            self._averaging[g, rows] = 1 / len(rows) if rows else 0.0
+            if not rows:
                 self._averaging[g] = math.nan
 
     @property
@@ -470,7 +489,7 @@ class WeightMetrics:
         groups = [("", self._model_level)]
         groups += [(f"{hook}/", parts) for hook, parts in self._per_hook.items()]
         views = [view for m in self._model_level[0] for view in m.views(tensors)]
-        batches = _batches(views)
+        batches = [_Batch([_tall(views[i]) for i in positions]) for positions in self._batch_views]
         moments = self._parameter_moments(tensors, batches)
         # A NaN or Inf weight makes its parameter's sums non-finite: this is the
         # finiteness check, before anything reaches LAPACK.
@@ -478,10 +497,14 @@ class WeightMetrics:
             nan = float("nan")
             return {prefix + col: nan for prefix, _ in groups for col in WEIGHT_COLUMNS}, False
 
-        # (views, metrics), rows in the model-level matrices' order; then every
-        # group's columns at once: the average over its matrices is one product.
-        table = _matrix_table(batches, len(views))
-        averages = (self._averaging @ table).tolist()  # (groups, metrics)
+        # (views, metrics); then every group's columns at once: the average over
+        # its matrices is one product.
+        if batches:
+            matrices = Matrices([b.matrices for b in batches], _singular_values(batches))
+            table = torch.stack([matrices.metric(fn) for fn in MATRIX_METRICS.values()], dim=1)
+            averages = (self._averaging @ table.cpu()).tolist()  # (groups, metrics)
+        else:  # no matrix at all (a norm layer's gain): nothing to average
+            averages = [[math.nan] * len(MATRIX_METRICS) for _ in groups]
         flat = [_flat_values(t) for t in tensors]
         row: dict[str, float] = {}
         for (prefix, (_, weights, biases)), means in zip(groups, averages):
@@ -496,16 +519,16 @@ class WeightMetrics:
 
     def _parameter_moments(self, tensors: list[Tensor], batches: list[_Batch]) -> list[Moments]:
         """Moments of every parameter: a matrix's from its views' batch sums, others directly."""
-        views: dict[int, Moments] = {}
+        views: list[Moments] = []
         for batch in batches:
             count = batch.matrices[0].numel()
             totals, squares = batch.totals.tolist(), batch.squares.tolist()
-            for g, (row, total, sum_of_squares) in enumerate(zip(batch.rows, totals, squares)):
+            for g, (total, sum_of_squares) in enumerate(zip(totals, squares)):
                 centred = sum_of_squares - total * total / count
                 if not centred >= CANCELLATION_RATIO * sum_of_squares:  # NaN too: computed anew
                     deviations = batch.matrices[g] - total / count
                     centred = float(deviations.square().sum())
-                views[row] = Moments(count, total, centred)
+                views.append(Moments(count, total, centred))
         return [
             sum((views[r] for r in self._view_rows[i]), Moments())
             if i in self._view_rows
@@ -535,51 +558,23 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return True
 
 
-@dataclass
 class _Batch:
-    """Same-shape matrix views, oriented tall, in float64, with the sums all metrics share."""
+    """Same-shape matrix views, oriented tall, in float64, with the sums all metrics share.
 
-    rows: list[int]  # the views' positions (rows of the views table)
-    matrices: Tensor  # (G, m, n), m >= n
-    gram: Tensor  # (G, n, n): W^T W
-    totals: Tensor  # (G,): sum of the entries
-    squares: Tensor  # (G,): sum of the squared entries, the Gram matrix's trace
-
-
-def _batches(views: list[Tensor]) -> list[_Batch]:
-    """The views grouped by shape, each group stacked once in float64.
-
-    Every view is oriented tall (rows >= cols): all eight matrix metrics are
-    invariant under transposition, and same-shape matrices then share a batch.
     float64 throughout: exact copies of float32 weights, sums without
     cancellation, and the precision the Gram matrix needs.
     """
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    talls = []
-    for position, view in enumerate(views):
-        tall = view if view.shape[0] >= view.shape[1] else view.T
-        talls.append(tall)
-        by_shape.setdefault(tuple(tall.shape), []).append(position)
-    batches = []
-    for rows in by_shape.values():
-        stacked = torch.stack([talls[i] for i in rows]).double()  # (G, m, n)
-        gram = stacked.mT @ stacked
-        squares = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-        batches.append(_Batch(rows, stacked, gram, stacked.sum(dim=(-2, -1)), squares))
-    return batches
+
+    def __init__(self, talls: list[Tensor]):
+        self.matrices = torch.stack(talls).double()  # (G, m, n), m >= n
+        self.gram = self.matrices.mT @ self.matrices  # (G, n, n): W^T W
+        self.totals = self.matrices.sum(dim=(-2, -1))  # (G,): sum of the entries
+        # (G,): sum of the squared entries, the Gram matrix's trace
+        self.squares = self.gram.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
 
 
-def _matrix_table(batches: list[_Batch], n_views: int) -> Tensor:
-    """Every matrix metric for every view: a (views, metrics) float64 table.
-
-    One batched singular-value computation per shape.
-    """
-    table = torch.empty(n_views, len(MATRIX_METRICS), dtype=torch.float64)
-    for batch in batches:
-        matrices = Matrices(batch.matrices, _singular_values(batch.matrices, batch.gram))
-        columns = [matrices.metric(fn) for fn in MATRIX_METRICS.values()]
-        table[batch.rows] = torch.stack(columns, dim=1).cpu()
-    return table
+def _tall(view: Tensor) -> Tensor:
+    return view if view.shape[0] >= view.shape[1] else view.T
 
 
 SV_TOLERANCE = 1e-7
@@ -587,43 +582,59 @@ SV_TOLERANCE = 1e-7
 tests and the benchmark hold them to 1e-5 against a float64 SVD)."""
 
 
-def _singular_values(tall: Tensor, gram: Tensor) -> Tensor:
-    """Singular values, descending, of a batch of tall float64 matrices (G, m, n), m >= n.
+def _singular_values(batches: list[_Batch]) -> Tensor:
+    """Singular values of every matrix, descending, NaN-padded: ``(V, k)``, batches' order.
 
-    From the eigenvalues of their Gram matrices ``gram`` = W^T W (n x n), about
-    twice as fast as an SVD (measured in bench/metrics.py). Squaring the matrix
-    costs precision only for the SMALL singular values: with rounding error d in
-    the eigenvalues (d <= (m + n) eps ||W||_F^2 in float64), sigma_i = sqrt(lambda_i)
-    is off by at most min(sqrt(d), d / sigma_i), while the largest, the spectral
-    norm, keeps relative error d / (2 sigma_1^2) <= (m + n) n eps / 2 (under 1e-7
-    for any m + n, n below ~10^4). Where that bound could move ``mean_sv`` or
-    ``var_sv`` by more than SV_TOLERANCE relative (an ill-conditioned matrix, or
-    one whose singular values are all nearly equal), that matrix falls back to a
-    float64 SVD.
+    From the eigenvalues of the Gram matrices W^T W (n x n), about twice as fast
+    as an SVD (measured in bench/metrics.py). Squaring the matrix costs precision
+    only for the SMALL singular values: with rounding error d in the eigenvalues
+    (d <= (m + n) eps ||W||_F^2 in float64), sigma_i = sqrt(lambda_i) is off by at
+    most min(sqrt(d), d / sigma_i), while the largest, the spectral norm, keeps
+    relative error d / (2 sigma_1^2) <= (m + n) n eps / 2 (under 1e-7 for any
+    m + n, n below ~10^4). Where that bound could move ``mean_sv`` or ``var_sv`` by
+    more than SV_TOLERANCE relative (an ill-conditioned matrix, or one whose
+    singular values are all nearly equal), that matrix falls back to a float64 SVD.
     """
-    m, n = tall.shape[-2:]
-    eigenvalues = torch.linalg.eigvalsh(gram)  # (G, n), ascending
-    singular = eigenvalues.clamp(min=0).sqrt().flip(-1)
-    doubtful = np.flatnonzero(_gram_route_doubtful(eigenvalues.cpu().numpy(), m + n))
-    if doubtful.size:
-        singular[doubtful] = torch.linalg.svdvals(tall[doubtful])
+    rows = sum(len(b.matrices) for b in batches)
+    widest = max(b.gram.shape[-1] for b in batches)
+    device = batches[0].gram.device
+    eigenvalues = torch.full((rows, widest), math.nan, dtype=torch.float64, device=device)
+    sizes, start = [], 0
+    for batch in batches:
+        count, m, n = batch.matrices.shape
+        eigenvalues[start : start + count, :n] = torch.linalg.eigvalsh(batch.gram).flip(-1)
+        sizes += [m + n] * count
+        start += count
+    singular = eigenvalues.clamp(min=0).sqrt()  # NaN padding stays NaN
+    doubtful = _gram_route_doubtful(eigenvalues.cpu().numpy(), np.array(sizes))
+    start = 0
+    for batch in batches:
+        count, _, n = batch.matrices.shape
+        redo = np.flatnonzero(doubtful[start : start + count])
+        if redo.size:
+            singular[start + redo, :n] = torch.linalg.svdvals(batch.matrices[redo])
+        start += count
     return singular
 
 
-def _gram_route_doubtful(eigenvalues: np.ndarray, size: int) -> np.ndarray:
+def _gram_route_doubtful(eigenvalues: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Which matrices' singular values from the Gram route may miss SV_TOLERANCE.
 
-    ``eigenvalues`` (G, n) of the Gram matrices, ascending; ``size`` is m + n. The
-    bound d on each eigenvalue's error is explained in ``_singular_values``. In
-    numpy: for a few small arrays its calls cost less than torch's.
+    ``eigenvalues`` (V, k) of the Gram matrices, descending, NaN-padded; ``sizes``
+    (V,) is m + n of each matrix. The bound d on each eigenvalue's error is
+    explained in ``_singular_values``. In numpy: for a few small arrays its calls
+    cost less than torch's.
     """
-    singular = np.sqrt(np.maximum(eigenvalues, 0.0))
-    rounding = size * np.finfo(np.float64).eps * eigenvalues.sum(-1, keepdims=True)
+    counts = np.count_nonzero(~np.isnan(eigenvalues), axis=-1)
+    singular = np.sqrt(np.maximum(eigenvalues, 0.0))  # NaN stays NaN
+    rounding = sizes[:, None] * np.finfo(np.float64).eps * np.nansum(eigenvalues, -1)[:, None]
     # bound on mean_sv's error: the mean of min(sqrt(d), d / sigma_i) (0/0 for an
-    # all-zero matrix, which compares False below: no error)
+    # all-zero matrix: no error)
     with np.errstate(divide="ignore", invalid="ignore"):
-        error = (rounding / np.maximum(singular, np.sqrt(rounding))).mean(-1)
-    mean_sv, var_sv, largest = singular.mean(-1), singular.var(-1), singular[:, -1]
+        error = np.nansum(rounding / np.maximum(singular, np.sqrt(rounding)), -1) / counts
+    mean_sv = np.nansum(singular, -1) / counts
+    var_sv = np.nansum((singular - mean_sv[:, None]) ** 2, -1) / counts
+    largest = singular[:, 0]
     return (error > SV_TOLERANCE * mean_sv) | (2 * largest * error > SV_TOLERANCE * var_sv)
 
 

@@ -566,7 +566,7 @@ class _Batch:
     """
 
     def __init__(self, talls: list[Tensor]):
-        self.matrices = torch.stack(talls).double()  # (G, m, n), m >= n
+        self.matrices = _stack_float64(talls)  # (G, m, n), m >= n
         self.gram = self.matrices.mT @ self.matrices  # (G, n, n): W^T W
         self.totals = self.matrices.sum(dim=(-2, -1))  # (G,): sum of the entries
         # (G,): sum of the squared entries, the Gram matrix's trace
@@ -575,6 +575,16 @@ class _Batch:
 
 def _tall(view: Tensor) -> Tensor:
     return view if view.shape[0] >= view.shape[1] else view.T
+
+
+def _stack_float64(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack(tensors).double()`` in one copy instead of two."""
+    stacked = torch.empty(
+        (len(tensors), *tensors[0].shape), dtype=torch.float64, device=tensors[0].device
+    )
+    for slot, tensor in zip(stacked, tensors):
+        slot.copy_(tensor)
+    return stacked
 
 
 SV_TOLERANCE = 1e-7

@@ -506,15 +506,23 @@ class WeightMetrics:
         else:  # no matrix at all (a norm layer's gain): nothing to average
             averages = [[math.nan] * len(MATRIX_METRICS) for _ in groups]
         flat = [_flat_values(t) for t in tensors]
+        # Groups of the same parameters (the model's biases often all sit in one
+        # hook point) share their statistics.
+        statistics: dict[tuple[int, ...], list[float]] = {(): [math.nan] * len(VALUE_METRICS)}
         row: dict[str, float] = {}
         for (prefix, (_, weights, biases)), means in zip(groups, averages):
             row.update((prefix + name, value) for name, value in zip(MATRIX_METRICS, means))
             for suffix, positions in (("w", weights), ("b", biases)):
-                values = Values(
-                    [flat[i] for i in positions], sum((moments[i] for i in positions), Moments())
+                key = tuple(positions)
+                if key not in statistics:
+                    values = Values(
+                        [flat[i] for i in key], sum((moments[i] for i in key), Moments())
+                    )
+                    statistics[key] = [fn(values) for fn in VALUE_METRICS.values()]
+                row.update(
+                    (f"{prefix}{name}_{suffix}", value)
+                    for name, value in zip(VALUE_METRICS, statistics[key])
                 )
-                for name, fn in VALUE_METRICS.items():
-                    row[f"{prefix}{name}_{suffix}"] = fn(values) if values.count else math.nan
         return row, True
 
     def _parameter_moments(self, tensors: list[Tensor], batches: list[_Batch]) -> list[Moments]:

@@ -178,9 +178,9 @@ class Moments:
     centred_squares: float = 0.0
 
     def __add__(self, other: Moments) -> Moments:
-        count = self.count + other.count
         if not (self.count and other.count):
             return self if self.count else other
+        count = self.count + other.count
         delta = other.total / other.count - self.total / self.count
         spread = delta * delta * self.count * other.count / count
         return Moments(

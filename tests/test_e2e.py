@@ -196,14 +196,24 @@ def test_demo_trains_fits_and_serves_the_map(demo, dash_br):
     wait_for(lambda: cy_count(dash_br, "nodes()") >= 2, timeout=60, message="map with ≥2 states")
     edges = cy_count(dash_br, "edges()")
     assert edges >= 1, "the demo's map should show a phase transition"
-    dash_br.driver.execute_script(
-        "document.getElementById('map-graph')._cyreg.cy.edges()[0].emit('mouseover');"
-    )
-    hover = wait_for(
-        lambda: "→" in (t := dash_br.driver.find_element(By.ID, "map-hover-edge").text) and t,
-        timeout=30,
-        message="edge hover text",
-    )
+
+    last_hover = [0.0]
+
+    def hovered_edge_text():
+        # The map may be redrawn once more as the page settles (its n and state
+        # names arrive), which clears the panel: hover again, every 2 s, until the
+        # text shows. It still fails if hovering an edge never fills the panel.
+        text = dash_br.driver.find_element(By.ID, "map-hover-edge").text
+        if "→" in text:
+            return text
+        if time.monotonic() - last_hover[0] > 2:
+            last_hover[0] = time.monotonic()
+            dash_br.driver.execute_script(
+                "document.getElementById('map-graph')._cyreg.cy.edges()[0].emit('mouseover');"
+            )
+        return None
+
+    hover = wait_for(hovered_edge_text, timeout=30, message="edge hover text")
     # "1 run takes it" or "3 runs take it"
     assert " z" in hover and ("runs take it" in hover or "1 run takes it" in hover)
 

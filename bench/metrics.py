@@ -14,7 +14,9 @@ hits both alike:
   ``visualizing_training/train.py`` and ``metrics.py``) does per checkpoint,
   in torch on the CPU in the weights' float32, for the same matrices: the
   forward hook copies each hook module's parameters (``clone().detach().cpu()
-  .numpy()``); then per matrix ``get_matrix_metrics``: isnan/isinf/isneginf
+  .numpy()``) on every forward pass of a checkpoint epoch, keeping the first
+  copy: twice here, the training step's and the evaluation's (the paper config
+  is full batch, and the reference evaluates right after the step); then per matrix ``get_matrix_metrics``: isnan/isinf/isneginf
   checks, ``vector_norm`` ord 1 and 2, ``trace``, ``matrix_norm(ord=2)`` (one
   decomposition) and ``torch.svd(compute_uv=False)`` (a second one), singular
   values below 1e-5 zeroed, mean and Bessel variance, each read with ``.item()``
@@ -94,7 +96,7 @@ def reference_distribution_stats(X):
 
 
 def reference_checkpoint(model, hook_points, per_hook_stats=True, heads=None):
-    """One checkpoint the reference's way: the hook's copy, then the metrics from it.
+    """One checkpoint the reference's way: the hook's copies, then the metrics from the first.
 
     ``heads`` maps a parameter name to a head count: that matrix is split by rows
     and each head measured apart (``get_matrix_metrics(k[i]) for i in
@@ -104,10 +106,17 @@ def reference_checkpoint(model, hook_points, per_hook_stats=True, heads=None):
     """
     heads = heads or {}
     modules = dict(model.named_modules())
-    cache = {  # Trainer._cache_weights_biases
-        hook: {n: p.clone().detach().cpu().numpy() for n, p in modules[hook].named_parameters()}
-        for hook in hook_points
-    }
+    # Trainer._cache_weights_biases runs in the hook on every forward pass of a
+    # checkpoint epoch (the training step's, then _evaluate's) and copies first,
+    # then drops the copy if the step is already cached.
+    copies = [
+        {
+            hook: {n: p.clone().detach().cpu().numpy() for n, p in modules[hook].named_parameters()}
+            for hook in hook_points
+        }
+        for _forward in ("training step", "evaluation")
+    ]
+    cache = copies[0]
     per_matrix, weights, biases = {}, {}, {}
     for hook, params in cache.items():  # Trainer.compute_metrics, the non-transformer branch
         per_matrix[hook], weights[hook], biases[hook] = [], [], []

@@ -615,24 +615,26 @@ def _singular_values(batches: list[_Batch]) -> Tensor:
     """
     rows = sum(len(b.matrices) for b in batches)
     widest = max(b.gram.shape[-1] for b in batches)
-    device = batches[0].gram.device
-    eigenvalues = torch.full((rows, widest), math.nan, dtype=torch.float64, device=device)
-    sizes, start = [], 0
+    # A small (V, k) table: its bookkeeping is cheaper in numpy than in torch.
+    eigenvalues = np.full((rows, widest), np.nan)
+    sizes = np.empty(rows)
+    start = 0
     for batch in batches:
         count, m, n = batch.matrices.shape
-        eigenvalues[start : start + count, :n] = torch.linalg.eigvalsh(batch.gram).flip(-1)
-        sizes += [m + n] * count
+        ascending = torch.linalg.eigvalsh(batch.gram).cpu().numpy()
+        eigenvalues[start : start + count, :n] = ascending[:, ::-1]
+        sizes[start : start + count] = m + n
         start += count
-    singular = eigenvalues.clamp(min=0).sqrt()  # NaN padding stays NaN
-    doubtful = _gram_route_doubtful(eigenvalues.cpu().numpy(), np.array(sizes))
+    singular = np.sqrt(np.maximum(eigenvalues, 0.0))  # NaN padding stays NaN
+    doubtful = _gram_route_doubtful(eigenvalues, sizes)
     start = 0
     for batch in batches:
         count, _, n = batch.matrices.shape
         redo = np.flatnonzero(doubtful[start : start + count])
         if redo.size:
-            singular[start + redo, :n] = torch.linalg.svdvals(batch.matrices[redo])
+            singular[start + redo, :n] = torch.linalg.svdvals(batch.matrices[redo]).cpu().numpy()
         start += count
-    return singular
+    return torch.from_numpy(singular).to(batches[0].gram.device)
 
 
 def _gram_route_doubtful(eigenvalues: np.ndarray, sizes: np.ndarray) -> np.ndarray:

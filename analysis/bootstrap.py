@@ -144,7 +144,8 @@ def _one_resample(
     from threadpoolctl import threadpool_limits
 
     from trainmap.analysis.evidence import detour_tests
-    from trainmap.analysis.model import StateSelector, make_model
+    from trainmap.analysis.fitting import make_model
+    from trainmap.analysis.model import StateSelector
 
     train_draw, held_draw = resample_indices(train, heldout, seed, index)
     X, lengths = _stack(X_runs, train_draw)

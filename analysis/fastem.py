@@ -295,7 +295,7 @@ def fit_diag(X, lengths, n_states, *, n_iter=100, tol=1e-2, random_state=0, para
     """Fit one diagonal Gaussian HMM; returns (arrays, history, converged).
 
     ``arrays`` has startprob, transmat, means and covars (variances, (n, F)),
-    as :func:`analysis.model.model_arrays`. ``params`` (a tuple of start,
+    as :func:`analysis.fitting.model_arrays`. ``params`` (a tuple of start,
     trans, means, variances) skips hmmlearn's initialisation.
     """
     if params is None:

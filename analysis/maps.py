@@ -16,7 +16,7 @@ import numpy as np
 
 from trainmap.analysis.evidence import detour_tests, occupancy_regression
 from trainmap.analysis.explain import edge_gradients
-from trainmap.analysis.model import make_model
+from trainmap.analysis.fitting import make_model
 from trainmap.analysis.result import EdgeFeature, EdgeInfo, RunArrays, StateInfo, TrainingMap
 
 

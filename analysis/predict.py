@@ -76,8 +76,8 @@ import numpy as np
 import pandas as pd
 
 from trainmap.analysis.explain import filtered_posterior
+from trainmap.analysis.fitting import make_model
 from trainmap.analysis.maps import convergence_epoch
-from trainmap.analysis.model import make_model
 from trainmap.analysis.prepare import zscore
 
 # Fewer matched runs than this and the prediction falls back to a coarser

@@ -9,7 +9,7 @@ import pytest
 from hmmlearn.hmm import GaussianHMM
 
 from trainmap.analysis.explain import filtered_posterior, posterior_gradient
-from trainmap.analysis.model import fit_one, make_model, model_arrays, n_parameters
+from trainmap.analysis.fitting import fit_one, make_model, model_arrays, n_parameters
 from trainmap.analysis.prepare import zscore
 from trainmap.analysis.synthetic import make_synthetic
 
@@ -167,7 +167,7 @@ def test_batched_scores_are_hmmlearns_scores():
 
 def test_numpy_and_hmmlearn_engines_give_the_same_records():
     """The batched sweep task (numpy engine) scores as hmmlearn's fits would."""
-    from trainmap.analysis.model import fit_restarts
+    from trainmap.analysis.fitting import fit_restarts
 
     X, _ = small_data()
     train, lengths = np.concatenate(X[:4]), [len(x) for x in X[:4]]

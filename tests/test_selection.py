@@ -14,12 +14,11 @@ from scipy.signal import lfilter
 
 from trainmap.analysis import api, store
 from trainmap.analysis.cli import format_selection, format_sweep
+from trainmap.analysis.fitting import autocorr_time, lag1_autocorrelation
 from trainmap.analysis.model import (
     DEFAULT_CRITERION,
     LONG_RUN_CHECKPOINTS,
-    autocorr_time,
     effective_criteria,
-    lag1_autocorrelation,
     select_n,
 )
 from trainmap.analysis.prepare import prepare_frames, runs_needed_for_heldout, split_runs

@@ -346,6 +346,32 @@ def test_singular_value_metrics_match_a_float64_svd(name, dtype):
     assert columns["var_sv"] == pytest.approx(sv.var(), rel=1e-5, abs=1e-12 * scale)
 
 
+TALL_MATRICES = {  # the shapes of an MLP's matrices: Gram matrices of the narrow side
+    "realistic": lambda: torch.randn(160, 64, generator=torch.Generator().manual_seed(7)) / 9,
+    "ill_conditioned": lambda: with_singular_values(np.logspace(0, -12, 64), 160, 8),
+    "rank_3": lambda: with_singular_values([5.0, 2.0, 1.0] + [0.0] * 61, 130, 9),
+    "offset": lambda: (
+        3.0 + 1e-3 * torch.randn(128, 64, generator=torch.Generator().manual_seed(10))
+    ),
+}
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("name", list(TALL_MATRICES))
+def test_tall_and_wide_matrices_match_numpy(name, wide):
+    tall = TALL_MATRICES[name]()
+    weight = tall.T if wide else tall
+    model = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    columns, _ = WeightMetrics(model, None).compute()
+    expected = numpy_columns([as_numpy(model[0].weight)], [as_numpy(model[0].weight)], [])
+    sv_scale = np.linalg.svd(as_numpy(model[0].weight), compute_uv=False).max() ** 2
+    for column in MATRIX_METRICS:
+        absolute = 1e-12 * sv_scale if column == "var_sv" else 0
+        assert columns[column] == pytest.approx(expected[column], rel=1e-5, abs=absolute), column
+
+
 def test_gram_route_falls_back_per_matrix_only_where_needed(monkeypatch):
     """Same-shape matrices share a batch; only the ill-conditioned one gets an SVD."""
     calls = []

@@ -16,10 +16,11 @@ hits both alike:
   forward hook copies each hook module's parameters (``clone().detach().cpu()
   .numpy()``) on every forward pass of a checkpoint epoch, keeping the first
   copy: twice here, the training step's and the evaluation's (the paper config
-  is full batch, and the reference evaluates right after the step); then per matrix ``get_matrix_metrics``: isnan/isinf/isneginf
-  checks, ``vector_norm`` ord 1 and 2, ``trace``, ``matrix_norm(ord=2)`` (one
-  decomposition) and ``torch.svd(compute_uv=False)`` (a second one), singular
-  values below 1e-5 zeroed, mean and Bessel variance, each read with ``.item()``
+  is full batch, and the reference evaluates right after the step); then per
+  matrix ``get_matrix_metrics``: isnan/isinf/isneginf checks, ``vector_norm``
+  ord 1 and 2, ``trace``, ``matrix_norm(ord=2)`` (one decomposition) and
+  ``torch.svd(compute_uv=False)`` (a second one), singular values below 1e-5
+  zeroed, mean and Bessel variance, each read with ``.item()``
   and the singular values with ``.tolist()``; and ``get_distribution_stats``
   (mean, var, median) over the concatenated weights and the biases. The
   reference computes those distribution stats for the whole model only; to give

@@ -21,11 +21,12 @@ once, then on every call computes the singular values of every matrix ONCE
 matrices of the same shape (a matrix and its transpose have the same singular
 values, l1, l2 and main diagonal, so ``(512, 128)`` and ``(128, 512)`` share a
 batch), and every metric once for all matrices: a few hundred tensor operations
-a checkpoint, not a few per matrix. The weights are read as few times as possible: each parameter's sum and
-sum of squares (the Gram matrix's trace) are computed once and give the mean and
-variance of every group it belongs to (model level and hook point, merged with
-Chan's formula); only the medians need the values themselves. It writes the
-model-level columns (``l2``) and, per hook point, ``HOOK/l2``. Non-finite
+a checkpoint, not a few per matrix. The weights are read as few times as
+possible: each parameter's sum and sum of squares (the Gram matrix's trace) are
+computed once and give the mean and variance of every group it belongs to
+(model level and hook point, merged with Chan's formula); only the medians need
+the values themselves. It writes the model-level columns (``l2``) and, per hook
+point, ``HOOK/l2``. Non-finite
 weights give NaN for every column and ``finite=False``; they never reach LAPACK
 (which may fail or hang on NaN).
 
@@ -640,7 +641,7 @@ def _singular_values(batches: list[_Batch]) -> Tensor:
         sizes[start : start + count] = m + n
         start += count
     singular = np.sqrt(np.maximum(eigenvalues, 0.0))  # NaN padding stays NaN
-    doubtful = _gram_route_doubtful(eigenvalues, sizes)
+    doubtful = _gram_route_doubtful(eigenvalues, singular, sizes)
     start = 0
     for batch in batches:
         count, _, n = batch.matrices.shape
@@ -651,16 +652,17 @@ def _singular_values(batches: list[_Batch]) -> Tensor:
     return torch.from_numpy(singular).to(batches[0].gram.device)
 
 
-def _gram_route_doubtful(eigenvalues: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _gram_route_doubtful(
+    eigenvalues: np.ndarray, singular: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
     """Which matrices' singular values from the Gram route may miss SV_TOLERANCE.
 
-    ``eigenvalues`` (V, k) of the Gram matrices, descending, NaN-padded; ``sizes``
-    (V,) is m + n of each matrix. The bound d on each eigenvalue's error is
-    explained in ``_singular_values``. In numpy: for a few small arrays its calls
-    cost less than torch's.
+    ``eigenvalues`` (V, k) of the Gram matrices, descending, NaN-padded, and
+    ``singular`` their clamped square roots; ``sizes`` (V,) is m + n of each
+    matrix. The bound d on each eigenvalue's error is explained in
+    ``_singular_values``.
     """
     counts = np.count_nonzero(~np.isnan(eigenvalues), axis=-1)
-    singular = np.sqrt(np.maximum(eigenvalues, 0.0))  # NaN stays NaN
     rounding = sizes[:, None] * np.finfo(np.float64).eps * np.nansum(eigenvalues, -1)[:, None]
     # bound on mean_sv's error: the mean of min(sqrt(d), d / sigma_i) (0/0 for an
     # all-zero matrix: no error)

@@ -26,9 +26,8 @@ possible: each parameter's sum and sum of squares (the Gram matrix's trace) are
 computed once and give the mean and variance of every group it belongs to
 (model level and hook point, merged with Chan's formula); only the medians need
 the values themselves. It writes the model-level columns (``l2``) and, per hook
-point, ``HOOK/l2``. Non-finite
-weights give NaN for every column and ``finite=False``; they never reach LAPACK
-(which may fail or hang on NaN).
+point, ``HOOK/l2``. Non-finite weights give NaN for every column and
+``finite=False``; they never reach LAPACK (which may fail or hang on NaN).
 
 ``grad_sym`` and ``dist_irr`` are modular-arithmetic metrics: they need the
 model's forward pass, not just its weights, so they are plain functions below
